@@ -1,0 +1,257 @@
+"""DC3: Data-Centric Classification & Clustering (Schmarje et al., ECCV 2022).
+
+DC3 adds two heads to any SSL method's network -- an overclustering head ``p_o`` with
+``overcluster_factor * k`` outputs and an ambiguity head ``p_a`` (one sigmoid logit) -- and three
+losses. Per image, with ``w = stop_gradient(p_a)`` by default:
+
+    L = L_SSL (1 - w) + wol/wou CE^-1 (1 - w) + wf L_A + ws L_S w
+
+* ``CE^-1(p, q) = -sum_c p_c ln(1 - q_c)`` pushes the overcluster output of an image away from that
+  of a partner image with a different (ground-truth or pseudo) label.
+* ``L_A`` is the binary cross-entropy of ``p_a`` against batch-rank pseudo-labels: the
+  ``floor(B_u p_A)`` unlabeled images with the highest ``p_a`` are called ambiguous.
+* ``L_S`` is the cross-entropy between the overcluster outputs of two views of an unlabeled image.
+
+An image with ``p_a < 0.5`` is classified (``argmax p_n``), otherwise clustered (``argmax p_o``).
+
+This module holds the heads' configuration, the loss functions (pure, per sample, testable against
+NumPy) and ``DC3Mixin``, which any method class composes with through ``with_dc3``.
+"""
+import dataclasses
+
+import tensorflow as tf
+
+from libml import losses
+from libml.errors import DC3Error
+from libml.models import CLASS_HEAD
+
+OVERCLUSTER_HEAD = 'overcluster_logits'
+AMBIGUITY_HEAD = 'ambiguity_logit'
+EPS = 1e-6
+CONFIDENCE = 0.95  # unlabeled CE^-1 terms count only for images whose max p_n reaches this
+
+
+@dataclasses.dataclass(frozen=True)
+class DC3Config:
+    """DC3's hyperparameters, named as the original code's flags."""
+    combined_output: int = 4            # 4: ambiguity head on (DC3); 0: off (vanilla / CE^-1 only)
+    wou: float = 10.0                   # weight of CE^-1 on unlabeled images
+    wol: float = 10.0                   # weight of CE^-1 on labeled images
+    wf: float = 0.1                     # weight of the ambiguity loss L_A
+    ws: float = 0.1                     # weight of the overcluster consistency L_S
+    ceinv_labels: int = 1               # 1: partner has another label; 0: random permutation
+    prob_gradient: int = 0              # 1: let gradients flow through the p_a scaling weights
+    use_soft_prob: int = 1              # 0: round the scaling weights to {0, 1}
+    use_loss_rescale: int = 0           # 1: rescale weights by B / sum(weights)
+    prior_fuzzy_distribution: float = 0.6   # p_A, the expected share of ambiguous images
+    overcluster_factor: int = 5         # k' = factor * k
+
+    def __post_init__(self):
+        if self.combined_output not in (0, 4):
+            raise DC3Error(f'--combined_output must be 0 (no ambiguity head) or 4 (DC3), '
+                           f'got {self.combined_output}')
+        if not 0.0 <= self.prior_fuzzy_distribution <= 1.0:
+            raise DC3Error(f'--prior_fuzzy_distribution must be in [0, 1], '
+                           f'got {self.prior_fuzzy_distribution}')
+        for name in ('wou', 'wol', 'wf', 'ws'):
+            if getattr(self, name) < 0:
+                raise DC3Error(f'--{name} must be >= 0, got {getattr(self, name)}')
+        if self.overcluster_factor < 1:
+            raise DC3Error(f'--overcluster_factor must be >= 1, got {self.overcluster_factor}')
+        for name in ('ceinv_labels', 'prob_gradient', 'use_soft_prob', 'use_loss_rescale'):
+            if getattr(self, name) not in (0, 1):
+                raise DC3Error(f'--{name} must be 0 or 1, got {getattr(self, name)}')
+
+    @property
+    def ambiguity_head(self):
+        return self.combined_output == 4
+
+    @property
+    def overcluster_head(self):
+        return self.ambiguity_head or self.wou > 0 or self.wol > 0
+
+    @property
+    def enabled(self):
+        """False exactly when the method runs vanilla (no extra heads, no extra losses)."""
+        return self.overcluster_head
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss functions (per sample)
+# ---------------------------------------------------------------------------------------------
+
+def choose_partners(labels, by_label=True, seed=None):
+    """For every image, the index of another image of the batch, chosen without a Python loop.
+
+    With ``by_label``, a uniformly random image with a different label; if the batch has none, any
+    other image; a batch of one pairs the image with itself. Without ``by_label``, a random
+    permutation of the batch.
+    """
+    size = tf.shape(labels)[0]
+    if not by_label:
+        return tf.random.shuffle(tf.range(size), seed=seed)
+    # Score every pair: 2 for another label, 1 for same label but another image, 0 for itself,
+    # plus uniform noise in [0, 1) that breaks ties at random; the best score wins.
+    differs = tf.cast(labels[:, None] != labels[None, :], tf.float32)
+    other = 1.0 - tf.eye(size)
+    noise = tf.random.uniform([size, size], seed=seed)
+    return tf.argmax(2.0 * differs + other + noise, axis=1, output_type=tf.int32)
+
+
+def inverse_cross_entropy(p, q):
+    """``CE^-1(p, q) = -sum_c p_c ln(1 - q_c)``, both clipped to [1e-6, 1 - 1e-6]; shape [B]."""
+    p = tf.clip_by_value(p, EPS, 1.0 - EPS)
+    q = tf.clip_by_value(q, EPS, 1.0 - EPS)
+    return -tf.reduce_sum(p * tf.math.log(1.0 - q), axis=-1)
+
+
+def soft_cross_entropy(p, q):
+    """``-sum_c p_c ln q_c``, both clipped to [1e-6, 1 - 1e-6]; shape [B]. ``L_S`` uses it."""
+    p = tf.clip_by_value(p, EPS, 1.0 - EPS)
+    q = tf.clip_by_value(q, EPS, 1.0 - EPS)
+    return -tf.reduce_sum(p * tf.math.log(q), axis=-1)
+
+
+def ambiguity_cutoff(batch_size, prior):
+    """How many images of a batch of ``batch_size`` are pseudo-labeled ambiguous.
+
+    ``floor(B p_A)`` clamped to [1, B - 1] so both kinds exist; a batch of one gets 0 (the clamp to
+    ``B - 1`` wins), i.e. its single image is called certain.
+    """
+    batch_size = tf.cast(batch_size, tf.int32)
+    count = tf.cast(tf.floor(tf.cast(batch_size, tf.float32) * prior), tf.int32)
+    return tf.minimum(tf.maximum(count, 1), batch_size - 1)
+
+
+def ambiguity_pseudo_labels(ambiguity_probs, prior):
+    """``h``: 1 for the ``ambiguity_cutoff`` images with the highest ``p_a``, else 0 (no gradient).
+
+    Ties are broken by position (stable sort), so the result is deterministic.
+    """
+    probs = tf.stop_gradient(ambiguity_probs)
+    size = tf.shape(probs)[0]
+    order = tf.argsort(probs, direction='DESCENDING', stable=True)
+    rank = tf.scatter_nd(order[:, None], tf.range(size), [size])
+    return tf.cast(rank < ambiguity_cutoff(size, prior), tf.float32)
+
+
+def ambiguity_loss(ambiguity_logits, targets):
+    """Binary cross-entropy of ``sigmoid(logit)`` against 0/1 targets; shape [B]."""
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=ambiguity_logits)
+
+
+def scaling_weights(ambiguity_probs, prob_gradient=0, use_soft_prob=1, use_loss_rescale=0):
+    """(certain weights ``1 - p_a``, ambiguous weights ``p_a``) that scale the per-image losses.
+
+    ``prob_gradient=0`` stops gradients through them; ``use_soft_prob=0`` rounds ``p_a`` to {0, 1};
+    ``use_loss_rescale=1`` multiplies each by ``B / sum(weights)`` (the sum clipped to [1, B - 1]) so
+    that the weighted mean keeps the scale of an unweighted one.
+    """
+    ambiguous = ambiguity_probs if prob_gradient else tf.stop_gradient(ambiguity_probs)
+    if not use_soft_prob:
+        ambiguous = tf.stop_gradient(tf.cast(ambiguous >= 0.5, tf.float32))
+    certain = 1.0 - ambiguous
+    if use_loss_rescale:
+        size = tf.cast(tf.shape(ambiguous)[0], tf.float32)
+
+        def rescale(w):
+            return w * size / tf.clip_by_value(tf.reduce_sum(w), 1.0, tf.maximum(size - 1.0, 1.0))
+
+        certain, ambiguous = rescale(certain), rescale(ambiguous)
+    return certain, ambiguous
+
+
+# ---------------------------------------------------------------------------------------------
+# The mixin
+# ---------------------------------------------------------------------------------------------
+
+class DC3Mixin:
+    """Adds DC3's heads and losses to an SSL method class (see ``with_dc3``).
+
+    It overrides two hooks of ``libml.train.SSLMethod``: ``heads`` (adds the overclustering and
+    ambiguity heads) and ``combine_losses`` (scales the method's terms by certainty and adds
+    CE^-1, L_A and L_S). The method's own ``method_losses`` is untouched.
+    """
+    dc3: DC3Config
+
+    def heads(self):
+        heads = super().heads()
+        if self.dc3.overcluster_head:
+            heads[OVERCLUSTER_HEAD] = self.dc3.overcluster_factor * self.num_classes
+        if self.dc3.ambiguity_head:
+            heads[AMBIGUITY_HEAD] = 1
+        return heads
+
+    def combine_losses(self, batch, outputs, terms):
+        cfg = self.dc3
+        labeled, unlabeled = outputs.labeled, outputs.unlabeled
+        monitors = {}
+        if cfg.ambiguity_head:
+            labeled_pa = tf.sigmoid(labeled[AMBIGUITY_HEAD][:, 0])
+            certain_l, _ = scaling_weights(labeled_pa, cfg.prob_gradient, cfg.use_soft_prob,
+                                           cfg.use_loss_rescale)
+            monitors['dc3/mean_p_a_labeled'] = tf.reduce_mean(labeled_pa)
+        else:
+            certain_l = tf.ones_like(terms.labeled_xe)
+        certain_u = ambiguous_u = None
+        if unlabeled and cfg.ambiguity_head:
+            ambiguity_logit = unlabeled[0][AMBIGUITY_HEAD][:, 0]
+            unlabeled_pa = tf.sigmoid(ambiguity_logit)
+            certain_u, ambiguous_u = scaling_weights(unlabeled_pa, cfg.prob_gradient,
+                                                     cfg.use_soft_prob, cfg.use_loss_rescale)
+            monitors['dc3/mean_p_a'] = tf.reduce_mean(unlabeled_pa)
+
+        # The method's own terms, scaled by certainty. Without an unlabeled loss (the supervised
+        # baseline) the labeled cross-entropy is the SSL term and is scaled instead.
+        if terms.ssl is None:
+            total = tf.reduce_mean(terms.labeled_xe * certain_l)
+        else:
+            total = tf.reduce_mean(terms.labeled_xe)
+            ssl = terms.ssl if certain_u is None else terms.ssl * certain_u
+            total += terms.ssl_weight * tf.reduce_mean(ssl)
+            monitors['losses/ssl_scaled'] = tf.reduce_mean(ssl)
+
+        over_l = tf.nn.softmax(labeled[OVERCLUSTER_HEAD])
+        if cfg.wol > 0:
+            partners = choose_partners(batch['label'], cfg.ceinv_labels)
+            ceinv_l = inverse_cross_entropy(over_l, tf.gather(over_l, partners))
+            weighted = tf.reduce_mean(ceinv_l * certain_l)
+            total += cfg.wol * weighted
+            monitors.update({'dc3/ceinv_labeled': tf.reduce_mean(ceinv_l),
+                             'dc3/ceinv_labeled_weighted': cfg.wol * weighted})
+        if unlabeled:
+            over_u = tf.nn.softmax(unlabeled[0][OVERCLUSTER_HEAD])
+            if cfg.wou > 0:
+                pseudo, mask = losses.confident_pseudo_labels(unlabeled[0][CLASS_HEAD], CONFIDENCE)
+                partners = choose_partners(pseudo, cfg.ceinv_labels)
+                ceinv_u = inverse_cross_entropy(over_u, tf.gather(over_u, partners)) * mask
+                scaled = ceinv_u if certain_u is None else ceinv_u * certain_u
+                weighted = tf.reduce_mean(scaled)
+                total += cfg.wou * weighted
+                monitors.update({'dc3/ceinv_unlabeled': tf.reduce_mean(ceinv_u),
+                                 'dc3/ceinv_unlabeled_weighted': cfg.wou * weighted,
+                                 'dc3/ceinv_mask_rate': tf.reduce_mean(mask)})
+            if cfg.ambiguity_head:
+                targets = ambiguity_pseudo_labels(unlabeled_pa, cfg.prior_fuzzy_distribution)
+                loss_a = tf.reduce_mean(ambiguity_loss(ambiguity_logit, targets))
+                total += cfg.wf * loss_a
+                monitors.update({
+                    'dc3/loss_ambiguity': loss_a, 'dc3/loss_ambiguity_weighted': cfg.wf * loss_a,
+                    'dc3/rank_cutoff': tf.cast(ambiguity_cutoff(tf.shape(targets)[0],
+                                                                cfg.prior_fuzzy_distribution),
+                                               tf.float32),
+                    'dc3/pseudo_ambiguous_share': tf.reduce_mean(targets)})
+                if len(unlabeled) > 1:
+                    over_u2 = tf.nn.softmax(unlabeled[1][OVERCLUSTER_HEAD])
+                    loss_s = soft_cross_entropy(over_u, over_u2)
+                    weighted = tf.reduce_mean(loss_s * ambiguous_u)
+                    total += cfg.ws * weighted
+                    monitors.update({'dc3/loss_consistency': tf.reduce_mean(loss_s),
+                                     'dc3/loss_consistency_weighted': cfg.ws * weighted})
+        return total, monitors
+
+
+def with_dc3(method_cls):
+    """The method class with DC3 composed in: ``class <Method>DC3(DC3Mixin, <Method>)``."""
+    return type(f'{method_cls.__name__}DC3', (DC3Mixin, method_cls),
+                {'method_name': method_cls.method_name})

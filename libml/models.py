@@ -1,0 +1,73 @@
+"""Networks: FixMatch's ResNet backbone with any number of named linear heads on its embedding.
+
+Every network returns a dict: ``'embedding'`` (the pooled features) plus one entry per head, e.g.
+``'logits'`` for the classifier. DC3 adds ``'overcluster_logits'`` and ``'ambiguity_logit'`` as
+separate named layers, so checkpoints, summaries and gradients can address each head by name.
+"""
+import math
+
+import keras
+from keras import layers
+
+from libml.errors import DC3Error
+
+CLASS_HEAD = 'logits'
+ARCHITECTURES = ('resnet',)
+
+
+def _conv(filters, kernel, stride=1, name=None):
+    # FixMatch's initialisation: normal with std sqrt(2 / (k * k * filters)) (fan-out He init).
+    init = keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / (kernel * kernel * filters)))
+    return layers.Conv2D(filters, kernel, strides=stride, padding='same', kernel_initializer=init,
+                         name=name)
+
+
+def _bn_relu(x):
+    x = layers.BatchNormalization(momentum=0.999, epsilon=1e-3)(x)
+    return layers.LeakyReLU(negative_slope=0.1)(x)
+
+
+def _residual(x0, filters, stride=1, activate_before_residual=False):
+    x = _bn_relu(x0)
+    if activate_before_residual:
+        x0 = x
+    x = _conv(filters, 3, stride)(x)
+    x = _bn_relu(x)
+    x = _conv(filters, 3)(x)
+    if x0.shape[-1] != filters:
+        x0 = _conv(filters, 1, stride)(x0)
+    return layers.Add()([x0, x])
+
+
+def default_scales(image_size):
+    """FixMatch's rule: log2(width) - 2 downscalings (3 for 32 px, 5 for 96 px)."""
+    return max(1, int(math.log2(image_size)) - 2)
+
+
+def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, name='network'):
+    """Builds a Keras model mapping images in [-1, 1] to ``{'embedding': ..., <head>: logits}``.
+
+    Args:
+      arch: backbone name; only ``'resnet'`` (FixMatch's WRN-style ResNet) exists.
+      image_size: input height and width.
+      heads: dict ``{output name: number of units}``; each becomes a separate Dense layer.
+      filters, scales, repeat: width, number of stages (0 = ``default_scales``) and blocks per stage.
+    """
+    if arch not in ARCHITECTURES:
+        raise DC3Error(f'unknown --arch {arch!r}; choose one of {", ".join(ARCHITECTURES)}')
+    scales = scales or default_scales(image_size)
+    inputs = keras.Input((image_size, image_size, 3), name='image')
+    y = _conv(16, 3)(inputs)
+    for scale in range(scales):
+        y = _residual(y, filters << scale, stride=2 if scale else 1,
+                      activate_before_residual=scale == 0)
+        for _ in range(repeat - 1):
+            y = _residual(y, filters << scale)
+    y = _bn_relu(y)
+    # Heads and embedding stay float32 under mixed precision: losses need full-precision logits.
+    embedding = layers.GlobalAveragePooling2D(name='embedding', dtype='float32')(y)
+    outputs = {'embedding': embedding}
+    for head, units in heads.items():
+        outputs[head] = layers.Dense(units, name=head, dtype='float32',
+                                     kernel_initializer='glorot_normal')(embedding)
+    return keras.Model(inputs, outputs, name=name)

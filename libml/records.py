@@ -1,0 +1,170 @@
+"""The on-disk dataset format: one TFRecord file per split plus ``meta.json``, per dataset and seed.
+
+Layout under ``$ML_DATA`` (default ``./data``)::
+
+    <name>.<seed>/train.tfrecord       labeled split (hard label sampled from the soft label)
+    <name>.<seed>/unlabeled.tfrecord   unlabeled split (labels stored for evaluation only)
+    <name>.<seed>/val.tfrecord         validation split (soft labels used for the metrics)
+    <name>.<seed>/test.tfrecord        optional test split
+    <name>.<seed>/meta.json            classes, image size, counts, class weights, ambiguity
+
+Each record holds the PNG-encoded image, the hard label, the soft label (k floats summing to 1), the
+image's path relative to the dataset root, its split and its index within the split. The method
+scripts name a dataset FixMatch-style, ``<name>.<seed>@<size>-<anything>`` (see ``parse_dataset_name``).
+"""
+import dataclasses
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from libml import io_utils
+from libml.errors import DC3Error
+
+SPLITS = ('train', 'unlabeled', 'val', 'test')
+FORMAT_VERSION = 1
+META_FILE = 'meta.json'
+
+
+def default_data_dir():
+    """``$ML_DATA`` if set, else ``./data`` (relative to the working directory)."""
+    return os.environ.get('ML_DATA', 'data')
+
+
+def dataset_dir(data_dir, name, seed):
+    return os.path.join(data_dir, f'{name}.{seed}')
+
+
+def split_file(split):
+    return f'{split}.tfrecord'
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------
+
+def serialize_example(png_bytes, label, soft_label, path, split, index):
+    """One record; ``soft_label`` is a length-k sequence of floats."""
+    feature = {
+        'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes])),
+        'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        'soft_label': tf.train.Feature(
+            float_list=tf.train.FloatList(value=[float(v) for v in soft_label])),
+        'path': tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.encode('utf-8')])),
+        'split': tf.train.Feature(bytes_list=tf.train.BytesList(value=[split.encode('utf-8')])),
+        'index': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def feature_spec(num_classes):
+    return {
+        'image': tf.io.FixedLenFeature([], tf.string),
+        'label': tf.io.FixedLenFeature([], tf.int64),
+        'soft_label': tf.io.FixedLenFeature([num_classes], tf.float32),
+        'path': tf.io.FixedLenFeature([], tf.string),
+        'split': tf.io.FixedLenFeature([], tf.string),
+        'index': tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def parse_example(serialized, num_classes):
+    """Parses one serialized record into a dict with a decoded uint8 ``image`` of shape [H, W, 3]."""
+    x = tf.io.parse_single_example(serialized, feature_spec(num_classes))
+    x['image'] = tf.io.decode_png(x['image'], channels=3)
+    x['label'] = tf.cast(x['label'], tf.int32)
+    x['index'] = tf.cast(x['index'], tf.int32)
+    return x
+
+
+def read_split_numpy(directory, split, num_classes):
+    """Reads a whole split eagerly into NumPy arrays (for tests, exports and small datasets)."""
+    path = os.path.join(directory, split_file(split))
+    ds = tf.data.TFRecordDataset(path).map(lambda s: parse_example(s, num_classes))
+    columns = {k: [] for k in ('image', 'label', 'soft_label', 'path', 'split', 'index')}
+    for x in ds.as_numpy_iterator():
+        for k in columns:
+            v = x[k]
+            columns[k].append(v.decode('utf-8') if isinstance(v, bytes) else v)
+    return {k: np.array(v) for k, v in columns.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata and dataset names
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the training code needs to know about a generated dataset (from ``meta.json``)."""
+    name: str
+    seed: int
+    directory: str
+    classes: tuple
+    image_size: int
+    split_counts: dict          # split -> number of images
+    class_weights: tuple        # per class, from the labeled split
+    prior_ambiguity: float      # share of ambiguous images in the training pool
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    def has_split(self, split):
+        return self.split_counts.get(split, 0) > 0
+
+    def split_path(self, split):
+        return os.path.join(self.directory, split_file(split))
+
+
+_NAME_RE = re.compile(r'^(?P<name>[A-Za-z0-9_\-]+)\.(?P<seed>\d+)(@(?P<size>-?\d+)(-.*)?)?$')
+
+
+def parse_dataset_name(spec):
+    """``'plankton.1@-1-10'`` -> ``('plankton', 1, -1)``: name, seed, labeled size (-1 = all).
+
+    The part after the size (FixMatch's validation size) is accepted and ignored.
+    """
+    m = _NAME_RE.match(spec)
+    if not m:
+        raise DC3Error(f'dataset name {spec!r} is not of the form <name>.<seed>@<size>-<valid>, '
+                       'e.g. cifar10n.1@-1-10')
+    size = int(m.group('size')) if m.group('size') is not None else -1
+    if size == 0 or size < -1:
+        raise DC3Error(f'dataset name {spec!r}: labeled size must be -1 (all) or positive')
+    return m.group('name'), int(m.group('seed')), size
+
+
+def load_dataset_info(data_dir, name, seed):
+    """Reads ``meta.json`` of a generated dataset, with a clear error if it was never generated."""
+    directory = dataset_dir(data_dir, name, seed)
+    meta_path = os.path.join(directory, META_FILE)
+    if not os.path.exists(meta_path):
+        raise DC3Error(f'dataset {name!r} with seed {seed} was never generated: {meta_path} is '
+                       f'missing; run scripts/create_datasets.py (or generate_datasets.sh) with '
+                       f'--name {name} --seeds {seed}, or set ML_DATA to where it was written')
+    meta = io_utils.read_json(meta_path, 'dataset metadata')
+    if meta.get('format_version') != FORMAT_VERSION:
+        raise DC3Error(f'{meta_path} has format version {meta.get("format_version")}, expected '
+                       f'{FORMAT_VERSION}; regenerate the dataset')
+    counts = {s: v['count'] for s, v in meta['splits'].items()}
+    for split in ('train', 'val'):
+        if counts.get(split, 0) == 0:
+            raise DC3Error(f'dataset {name}.{seed} has an empty {split!r} split; regenerate it '
+                           'with a source that has images for it')
+    return DatasetInfo(name=name, seed=seed, directory=directory, classes=tuple(meta['classes']),
+                       image_size=int(meta['image_size']), split_counts=counts,
+                       class_weights=tuple(meta['class_weights']),
+                       prior_ambiguity=float(meta.get('ambiguous_fraction', {}).get('pool', 0.0)))
+
+
+def class_weights_from_counts(counts):
+    """Inverse-frequency class weights ``n / (k * n_c)``, normalised to mean 1 over present classes.
+
+    A class absent from the labeled split gets weight 0 (it never appears as a target there).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.tolist()

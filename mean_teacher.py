@@ -1,0 +1,36 @@
+"""Mean Teacher (Tarvainen & Valpola, 2017): the EMA of the weights teaches the student.
+
+The teacher (the EMA network, in inference mode) sees the first unlabeled view, the student the
+second; both views also go through the student's single forward pass, which DC3 uses.
+"""
+from absl import app, flags
+
+import cli
+from libml import losses, train
+from libml.models import CLASS_HEAD
+
+flags.DEFINE_float('consistency_weight', 50.0, 'Weight of the consistency loss.')
+flags.DEFINE_float('warmup_pos', 0.4, 'Share of training over which that weight ramps up.')
+FLAGS = flags.FLAGS
+
+
+class MeanTeacher(train.SSLMethod):
+    unlabeled_views = 2
+
+    def method_losses(self, batch, outputs, progress):
+        teacher = self.ema_model(batch['unlabeled'][0], training=False)[CLASS_HEAD]
+        return train.LossTerms(
+            labeled_xe=self.labeled_cross_entropy(batch, outputs),
+            ssl=losses.softmax_mse(teacher, outputs.unlabeled[1][CLASS_HEAD]),
+            ssl_weight=self.hparams['consistency_weight'] * train.warmup(
+                progress, self.hparams['warmup_pos']))
+
+
+def main(argv):
+    del argv
+    cli.run(MeanTeacher, consistency_weight=FLAGS.consistency_weight,
+            warmup_pos=FLAGS.warmup_pos)
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,31 @@
+"""Pi-model (Laine & Aila, 2017): consistency between two augmentations of an unlabeled image."""
+from absl import app, flags
+
+import cli
+from libml import losses, train
+from libml.models import CLASS_HEAD
+
+flags.DEFINE_float('consistency_weight', 10.0, 'Weight of the consistency loss.')
+flags.DEFINE_float('warmup_pos', 0.4, 'Share of training over which that weight ramps up.')
+FLAGS = flags.FLAGS
+
+
+class PiModel(train.SSLMethod):
+    unlabeled_views = 2
+
+    def method_losses(self, batch, outputs, progress):
+        view1, view2 = outputs.unlabeled
+        return train.LossTerms(
+            labeled_xe=self.labeled_cross_entropy(batch, outputs),
+            ssl=losses.softmax_mse(view1[CLASS_HEAD], view2[CLASS_HEAD]),
+            ssl_weight=self.hparams['consistency_weight'] * train.warmup(
+                progress, self.hparams['warmup_pos']))
+
+
+def main(argv):
+    del argv
+    cli.run(PiModel, consistency_weight=FLAGS.consistency_weight, warmup_pos=FLAGS.warmup_pos)
+
+
+if __name__ == '__main__':
+    app.run(main)
