@@ -6,8 +6,6 @@ import cli
 from libml import losses, train
 from libml.models import CLASS_HEAD
 
-flags.DEFINE_float('wu', 1.0, 'Weight of the unlabeled loss.')
-flags.DEFINE_float('confidence', 0.95, 'Confidence above which a weak-view prediction is a label.')
 FLAGS = flags.FLAGS
 
 
@@ -29,6 +27,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    flags.DEFINE_float('wu', 1.0, 'Weight of the unlabeled loss.')
+    flags.DEFINE_float('confidence', 0.95, 'Confidence above which a weak-view prediction is a label.')
     FLAGS.set_default('uratio', 7)
     FLAGS.set_default('augment', 'd.d.rac')
     app.run(main)

@@ -9,8 +9,6 @@ import cli
 from libml import losses, train
 from libml.models import CLASS_HEAD
 
-flags.DEFINE_float('consistency_weight', 50.0, 'Weight of the consistency loss.')
-flags.DEFINE_float('warmup_pos', 0.4, 'Share of training over which that weight ramps up.')
 FLAGS = flags.FLAGS
 
 
@@ -33,4 +31,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    flags.DEFINE_float('consistency_weight', 50.0, 'Weight of the consistency loss.')
+    flags.DEFINE_float('warmup_pos', 0.4, 'Share of training over which that weight ramps up.')
     app.run(main)

@@ -6,9 +6,6 @@ import cli
 from libml import losses, train
 from libml.models import CLASS_HEAD
 
-flags.DEFINE_float('consistency_weight', 1.0, 'Weight of the pseudo-label loss.')
-flags.DEFINE_float('threshold', 0.95, 'Confidence above which a prediction becomes a label.')
-flags.DEFINE_float('warmup_pos', 0.4, 'Share of training over which that weight ramps up.')
 FLAGS = flags.FLAGS
 
 
@@ -32,4 +29,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    flags.DEFINE_float('consistency_weight', 1.0, 'Weight of the pseudo-label loss.')
+    flags.DEFINE_float('threshold', 0.95, 'Confidence above which a prediction becomes a label.')
+    flags.DEFINE_float('warmup_pos', 0.4, 'Share of training over which that weight ramps up.')
     app.run(main)

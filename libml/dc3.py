@@ -185,70 +185,72 @@ class DC3Mixin:
     def combine_losses(self, batch, outputs, terms):
         cfg = self.dc3
         labeled, unlabeled = outputs.labeled, outputs.unlabeled
+        # L_A ranks the unlabeled batch (its first view); a method without unlabeled images (the
+        # supervised baseline) ranks the labeled batch instead, or its ambiguity head never learns.
+        ranked = unlabeled[0] if unlabeled else labeled
         monitors = {}
-        if cfg.ambiguity_head:
-            labeled_pa = tf.sigmoid(labeled[AMBIGUITY_HEAD][:, 0])
-            certain_l, _ = scaling_weights(labeled_pa, cfg.prob_gradient, cfg.use_soft_prob,
-                                           cfg.use_loss_rescale)
-            monitors['dc3/mean_p_a_labeled'] = tf.reduce_mean(labeled_pa)
-        else:
-            certain_l = tf.ones_like(terms.labeled_xe)
-        certain_u = ambiguous_u = None
-        if unlabeled and cfg.ambiguity_head:
-            ambiguity_logit = unlabeled[0][AMBIGUITY_HEAD][:, 0]
-            unlabeled_pa = tf.sigmoid(ambiguity_logit)
-            certain_u, ambiguous_u = scaling_weights(unlabeled_pa, cfg.prob_gradient,
-                                                     cfg.use_soft_prob, cfg.use_loss_rescale)
-            monitors['dc3/mean_p_a'] = tf.reduce_mean(unlabeled_pa)
+
+        def weights(subset):
+            """(certain, ambiguous) per-image weights of a subset; (1, 0) without the head."""
+            if not cfg.ambiguity_head:
+                ones = tf.ones(tf.shape(subset[CLASS_HEAD])[:1])
+                return ones, tf.zeros_like(ones)
+            return scaling_weights(tf.sigmoid(subset[AMBIGUITY_HEAD][:, 0]), cfg.prob_gradient,
+                                   cfg.use_soft_prob, cfg.use_loss_rescale)
+
+        certain_l, _ = weights(labeled)
+        certain_u, ambiguous_u = weights(unlabeled[0]) if unlabeled else (None, None)
 
         # The method's own terms, scaled by certainty. Without an unlabeled loss (the supervised
         # baseline) the labeled cross-entropy is the SSL term and is scaled instead.
         if terms.ssl is None:
             total = tf.reduce_mean(terms.labeled_xe * certain_l)
         else:
-            total = tf.reduce_mean(terms.labeled_xe)
-            ssl = terms.ssl if certain_u is None else terms.ssl * certain_u
-            total += terms.ssl_weight * tf.reduce_mean(ssl)
-            monitors['losses/ssl_scaled'] = tf.reduce_mean(ssl)
+            ssl = tf.reduce_mean(terms.ssl * certain_u)
+            total = tf.reduce_mean(terms.labeled_xe) + terms.ssl_weight * ssl
+            monitors['losses/ssl_scaled'] = ssl
 
-        over_l = tf.nn.softmax(labeled[OVERCLUSTER_HEAD])
         if cfg.wol > 0:
-            partners = choose_partners(batch['label'], cfg.ceinv_labels)
-            ceinv_l = inverse_cross_entropy(over_l, tf.gather(over_l, partners))
-            weighted = tf.reduce_mean(ceinv_l * certain_l)
-            total += cfg.wol * weighted
-            monitors.update({'dc3/ceinv_labeled': tf.reduce_mean(ceinv_l),
-                             'dc3/ceinv_labeled_weighted': cfg.wol * weighted})
-        if unlabeled:
-            over_u = tf.nn.softmax(unlabeled[0][OVERCLUSTER_HEAD])
-            if cfg.wou > 0:
-                pseudo, mask = losses.confident_pseudo_labels(unlabeled[0][CLASS_HEAD], CONFIDENCE)
-                partners = choose_partners(pseudo, cfg.ceinv_labels)
-                ceinv_u = inverse_cross_entropy(over_u, tf.gather(over_u, partners)) * mask
-                scaled = ceinv_u if certain_u is None else ceinv_u * certain_u
-                weighted = tf.reduce_mean(scaled)
-                total += cfg.wou * weighted
-                monitors.update({'dc3/ceinv_unlabeled': tf.reduce_mean(ceinv_u),
-                                 'dc3/ceinv_unlabeled_weighted': cfg.wou * weighted,
-                                 'dc3/ceinv_mask_rate': tf.reduce_mean(mask)})
-            if cfg.ambiguity_head:
-                targets = ambiguity_pseudo_labels(unlabeled_pa, cfg.prior_fuzzy_distribution)
-                loss_a = tf.reduce_mean(ambiguity_loss(ambiguity_logit, targets))
-                total += cfg.wf * loss_a
-                monitors.update({
-                    'dc3/loss_ambiguity': loss_a, 'dc3/loss_ambiguity_weighted': cfg.wf * loss_a,
-                    'dc3/rank_cutoff': tf.cast(ambiguity_cutoff(tf.shape(targets)[0],
-                                                                cfg.prior_fuzzy_distribution),
-                                               tf.float32),
-                    'dc3/pseudo_ambiguous_share': tf.reduce_mean(targets)})
-                if len(unlabeled) > 1:
-                    over_u2 = tf.nn.softmax(unlabeled[1][OVERCLUSTER_HEAD])
-                    loss_s = soft_cross_entropy(over_u, over_u2)
-                    weighted = tf.reduce_mean(loss_s * ambiguous_u)
-                    total += cfg.ws * weighted
-                    monitors.update({'dc3/loss_consistency': tf.reduce_mean(loss_s),
-                                     'dc3/loss_consistency_weighted': cfg.ws * weighted})
+            ceinv = _ceinv_to_partners(labeled[OVERCLUSTER_HEAD], batch['label'], None, cfg)
+            weighted = cfg.wol * tf.reduce_mean(ceinv * certain_l)
+            total += weighted
+            monitors.update({'dc3/ceinv_labeled': tf.reduce_mean(ceinv),
+                             'dc3/ceinv_labeled_weighted': weighted})
+        if unlabeled and cfg.wou > 0:
+            pseudo, mask = losses.confident_pseudo_labels(unlabeled[0][CLASS_HEAD], CONFIDENCE)
+            ceinv = _ceinv_to_partners(unlabeled[0][OVERCLUSTER_HEAD], pseudo, mask, cfg)
+            weighted = cfg.wou * tf.reduce_mean(ceinv * certain_u)
+            total += weighted
+            monitors.update({'dc3/ceinv_unlabeled': tf.reduce_mean(ceinv),
+                             'dc3/ceinv_unlabeled_weighted': weighted,
+                             'dc3/ceinv_mask_rate': tf.reduce_mean(mask)})
+        if cfg.ambiguity_head:
+            logit = ranked[AMBIGUITY_HEAD][:, 0]
+            targets = ambiguity_pseudo_labels(tf.sigmoid(logit), cfg.prior_fuzzy_distribution)
+            loss_a = tf.reduce_mean(ambiguity_loss(logit, targets))
+            total += cfg.wf * loss_a
+            cutoff = ambiguity_cutoff(tf.shape(targets)[0], cfg.prior_fuzzy_distribution)
+            monitors.update({'dc3/loss_ambiguity': loss_a,
+                             'dc3/loss_ambiguity_weighted': cfg.wf * loss_a,
+                             'dc3/mean_p_a': tf.reduce_mean(tf.sigmoid(logit)),
+                             'dc3/rank_cutoff': tf.cast(cutoff, tf.float32),
+                             'dc3/pseudo_ambiguous_share': tf.reduce_mean(targets)})
+            if len(unlabeled) > 1:
+                loss_s = soft_cross_entropy(tf.nn.softmax(unlabeled[0][OVERCLUSTER_HEAD]),
+                                            tf.nn.softmax(unlabeled[1][OVERCLUSTER_HEAD]))
+                weighted = cfg.ws * tf.reduce_mean(loss_s * ambiguous_u)
+                total += weighted
+                monitors.update({'dc3/loss_consistency': tf.reduce_mean(loss_s),
+                                 'dc3/loss_consistency_weighted': weighted})
         return total, monitors
+
+
+def _ceinv_to_partners(overcluster_logits, labels, mask, cfg):
+    """Per-image CE^-1 between each image's overcluster output and its partner's (masked)."""
+    probs = tf.nn.softmax(overcluster_logits)
+    partners = choose_partners(labels, by_label=bool(cfg.ceinv_labels))
+    ceinv = inverse_cross_entropy(probs, tf.gather(probs, partners))
+    return ceinv if mask is None else ceinv * mask
 
 
 def with_dc3(method_cls):

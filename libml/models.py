@@ -18,8 +18,10 @@ ARCHITECTURES = ('resnet',)
 def _conv(filters, kernel, stride=1, name=None):
     # FixMatch's initialisation: normal with std sqrt(2 / (k * k * filters)) (fan-out He init).
     init = keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / (kernel * kernel * filters)))
-    return layers.Conv2D(filters, kernel, strides=stride, padding='same', kernel_initializer=init,
-                         name=name)
+    # No bias: in this pre-activation ResNet every convolution feeds a batch norm, which cancels a
+    # bias (its gradient is zero), so it would only cost memory and time.
+    return layers.Conv2D(filters, kernel, strides=stride, padding='same', use_bias=False,
+                         kernel_initializer=init, name=name)
 
 
 def _bn_relu(x):

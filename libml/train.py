@@ -226,16 +226,27 @@ class SSLMethod:
         per_group = [{name: parts[name][i] for name in parts} for i in range(len(groups))]
         return Outputs(labeled=per_group[0], unlabeled=per_group[1:])
 
-    def train_step(self, batch):
-        """One optimisation step; returns scalar monitors (``losses/total`` among them)."""
+    def loss(self, batch):
+        """The full loss of one batch (method, DC3, weight decay) and its scalar monitors."""
         progress = tf.cast(self.optimizer.iterations, tf.float32) / self.total_steps
+        outputs = self.forward(batch)
+        terms = self.method_losses(batch, outputs, progress)
+        loss, monitors = self.combine_losses(batch, outputs, terms)
+        loss_wd = losses.l2_regularization(self.model.trainable_variables)
+        total = loss + self.train_config.wd * loss_wd
+        monitors = {**terms.monitors, **monitors,
+                    'losses/total': total, 'losses/xe': tf.reduce_mean(terms.labeled_xe),
+                    'losses/wd': loss_wd, 'monitors/lr': self.schedule(self.optimizer.iterations),
+                    'monitors/ssl_weight': tf.cast(terms.ssl_weight, tf.float32)}
+        if terms.ssl is not None:
+            monitors['losses/ssl'] = tf.reduce_mean(terms.ssl)
+        return total, monitors
+
+    def train_step(self, batch):
+        """One optimisation step and EMA update; returns the loss monitors."""
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            outputs = self.forward(batch)
-            terms = self.method_losses(batch, outputs, progress)
-            loss, monitors = self.combine_losses(batch, outputs, terms)
-            loss_wd = losses.l2_regularization(variables)
-            total = loss + self.train_config.wd * loss_wd
+            total, monitors = self.loss(batch)
             scaled = (self.optimizer.scale_loss(total)
                       if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
                       else total)
@@ -244,12 +255,6 @@ class SSLMethod:
         decay = self.train_config.ema
         for ema_var, var in zip(self.ema_model.variables, self.model.variables):
             ema_var.assign(decay * ema_var + (1.0 - decay) * var)
-        monitors = {**terms.monitors, **monitors,
-                    'losses/total': total, 'losses/xe': tf.reduce_mean(terms.labeled_xe),
-                    'losses/wd': loss_wd, 'monitors/lr': self.schedule(self.optimizer.iterations),
-                    'monitors/ssl_weight': tf.cast(terms.ssl_weight, tf.float32)}
-        if terms.ssl is not None:
-            monitors['losses/ssl'] = tf.reduce_mean(terms.ssl)
         return monitors
 
     def input_config(self, seed):

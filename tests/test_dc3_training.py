@@ -1,0 +1,139 @@
+"""DC3 as a whole: the combined loss against NumPy, and gradients through a real network."""
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fully_supervised
+import mean_teacher
+from libml import data, dc3, train
+from libml.models import CLASS_HEAD
+from tests.conftest import make_method
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def ceinv(p, q):
+    return -np.sum(np.clip(p, 1e-6, 1 - 1e-6) * np.log(1 - np.clip(q, 1e-6, 1 - 1e-6)), axis=1)
+
+
+def soft_ce(p, q):
+    return -np.sum(np.clip(p, 1e-6, 1 - 1e-6) * np.log(np.clip(q, 1e-6, 1 - 1e-6)), axis=1)
+
+
+def two_image_batch(rng, k=3, factor=5):
+    """Batches of two labeled and two unlabeled images whose CE^-1 partners are forced: the two
+    labeled images have different labels and the two unlabeled ones different pseudo-labels
+    (the first confident, the second not)."""
+    labeled = {CLASS_HEAD: rng.normal(size=(2, k)),
+               dc3.OVERCLUSTER_HEAD: rng.normal(size=(2, k * factor)),
+               dc3.AMBIGUITY_HEAD: rng.normal(size=(2, 1))}
+    views = [{CLASS_HEAD: np.array([[9.0, 0.0, 0.0], [0.0, 1.0, 0.5]]),
+              dc3.OVERCLUSTER_HEAD: rng.normal(size=(2, k * factor)) * 2,
+              dc3.AMBIGUITY_HEAD: np.array([[0.3], [-0.8]])} for _ in range(2)]
+    as_tf = lambda d: {name: tf.constant(v, tf.float32) for name, v in d.items()}
+    outputs = train.Outputs(labeled=as_tf(labeled), unlabeled=[as_tf(v) for v in views])
+    return {'label': tf.constant([0, 2])}, outputs, labeled, views
+
+
+@pytest.mark.parametrize('has_ssl', [True, False])
+def test_combined_loss_matches_numpy(has_ssl):
+    rng = np.random.default_rng(1)
+    batch, outputs, labeled, views = two_image_batch(rng)
+    cfg = dc3.DC3Config(combined_output=4, wou=10, wol=7, wf=0.1, ws=0.3,
+                        prior_fuzzy_distribution=0.6)
+    xe, ssl = rng.uniform(size=2), rng.uniform(size=2)
+    terms = train.LossTerms(labeled_xe=tf.constant(xe, tf.float32),
+                            ssl=tf.constant(ssl, tf.float32) if has_ssl else None,
+                            ssl_weight=2.5)
+    got, monitors = dc3.DC3Mixin.combine_losses(types.SimpleNamespace(dc3=cfg), batch, outputs,
+                                                terms)
+
+    pa_l = sigmoid(labeled[dc3.AMBIGUITY_HEAD][:, 0])
+    pa_u = sigmoid(views[0][dc3.AMBIGUITY_HEAD][:, 0])
+    po_l = softmax(labeled[dc3.OVERCLUSTER_HEAD])
+    po_u, po_u2 = softmax(views[0][dc3.OVERCLUSTER_HEAD]), softmax(views[1][dc3.OVERCLUSTER_HEAD])
+    confident = (softmax(views[0][CLASS_HEAD]).max(axis=1) >= 0.95).astype(float)
+    swap = [1, 0]  # the only partner with another label
+    h = (pa_u == pa_u.max()).astype(float)  # floor(2 * 0.6) = 1 image called ambiguous
+    bce = -(h * np.log(pa_u) + (1 - h) * np.log(1 - pa_u))
+    if has_ssl:
+        expected = xe.mean() + 2.5 * np.mean(ssl * (1 - pa_u))
+    else:
+        expected = np.mean(xe * (1 - pa_l))
+    expected += 7 * np.mean(ceinv(po_l, po_l[swap]) * (1 - pa_l))
+    expected += 10 * np.mean(ceinv(po_u, po_u[swap]) * confident * (1 - pa_u))
+    expected += 0.1 * bce.mean() + 0.3 * np.mean(soft_ce(po_u, po_u2) * pa_u)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    assert monitors['dc3/ceinv_mask_rate'].numpy() == pytest.approx(0.5)
+    assert monitors['dc3/pseudo_ambiguous_share'].numpy() == pytest.approx(0.5)
+
+
+def test_ceinv_only_variant_has_no_certainty_scaling():
+    rng = np.random.default_rng(2)
+    batch, outputs, labeled, views = two_image_batch(rng)
+    outputs.labeled.pop(dc3.AMBIGUITY_HEAD)
+    for v in outputs.unlabeled:
+        v.pop(dc3.AMBIGUITY_HEAD)
+    cfg = dc3.DC3Config(combined_output=0, wou=10, wol=10)
+    terms = train.LossTerms(labeled_xe=tf.constant([0.5, 1.0]), ssl=tf.constant([0.2, 0.4]),
+                            ssl_weight=1.0)
+    got, _ = dc3.DC3Mixin.combine_losses(types.SimpleNamespace(dc3=cfg), batch, outputs, terms)
+    po_l, po_u = softmax(labeled[dc3.OVERCLUSTER_HEAD]), softmax(views[0][dc3.OVERCLUSTER_HEAD])
+    confident = (softmax(views[0][CLASS_HEAD]).max(axis=1) >= 0.95).astype(float)
+    expected = (0.75 + 0.3 + 10 * ceinv(po_l, po_l[[1, 0]]).mean()
+                + 10 * np.mean(ceinv(po_u, po_u[[1, 0]]) * confident))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
+def gradients(method, seed=0):
+    batch = next(iter(data.train_inputs(method.dataset, method.input_config(seed))))
+    with tf.GradientTape() as tape:
+        total, _ = method.loss(batch)
+    variables = method.model.trainable_variables
+    return {v.path: g for v, g in zip(variables, tape.gradient(total, variables))}
+
+
+def head_gradient(grads, head):
+    return np.abs(grads[f'{head}/kernel'].numpy()).sum()
+
+
+@pytest.mark.parametrize('method_cls', [mean_teacher.MeanTeacher,
+                                        fully_supervised.FullySupervised])
+def test_every_head_gets_a_gradient_with_dc3(method_cls, tiny_data_dir, tmp_path):
+    method = make_method(method_cls, tiny_data_dir, tmp_path, dc3.DC3Config(),
+                         hparams={'consistency_weight': 50.0, 'warmup_pos': 0.4}
+                         if method_cls is mean_teacher.MeanTeacher else {}, wd=0.0)
+    assert set(method.heads()) == {CLASS_HEAD, dc3.OVERCLUSTER_HEAD, dc3.AMBIGUITY_HEAD}
+    grads = gradients(method)
+    for head in (CLASS_HEAD, dc3.OVERCLUSTER_HEAD, dc3.AMBIGUITY_HEAD):
+        assert head_gradient(grads, head) > 0, head  # no weight decay: from the losses alone
+        assert np.abs(grads[f'{head}/bias'].numpy()).sum() > 0, head
+
+
+@pytest.mark.parametrize('prob_gradient', [0, 1])
+def test_scaling_terms_pass_gradient_to_ambiguity_head_only_with_prob_gradient(
+        prob_gradient, tiny_data_dir, tmp_path):
+    # With wf = 0 and no weight decay the only path from the loss to the ambiguity head is
+    # through the p_a scaling weights.
+    cfg = dc3.DC3Config(wf=0.0, prob_gradient=prob_gradient)
+    method = make_method(mean_teacher.MeanTeacher, tiny_data_dir, tmp_path, cfg,
+                         hparams={'consistency_weight': 50.0, 'warmup_pos': 0.0}, wd=0.0)
+    grad = head_gradient(gradients(method), dc3.AMBIGUITY_HEAD)
+    assert (grad > 0) == bool(prob_gradient)
+
+
+def test_vanilla_flags_give_exactly_the_vanilla_network(tiny_data_dir, tmp_path):
+    method = make_method(mean_teacher.MeanTeacher, tiny_data_dir, tmp_path,
+                         dc3.DC3Config(combined_output=0, wou=0, wol=0),
+                         hparams={'consistency_weight': 50.0, 'warmup_pos': 0.4})
+    assert type(method) is mean_teacher.MeanTeacher
+    assert set(method.model.output.keys()) == {'embedding', CLASS_HEAD}

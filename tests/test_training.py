@@ -1,0 +1,135 @@
+"""The shared training loop: every method trains, writes complete reports, resumes and refuses
+to mix runs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+import fixmatch
+import fully_supervised
+import mean_teacher
+import pi_model
+import pseudo_label
+from libml import dc3
+from libml.errors import DC3Error
+from tests.conftest import ROOT, TINY_CLASSES, make_method
+
+METHODS = {
+    'fully_supervised': (fully_supervised.FullySupervised, {}),
+    'pi_model': (pi_model.PiModel, {'consistency_weight': 10.0, 'warmup_pos': 0.4}),
+    'mean_teacher': (mean_teacher.MeanTeacher, {'consistency_weight': 50.0, 'warmup_pos': 0.4}),
+    'pseudo_label': (pseudo_label.PseudoLabel,
+                     {'consistency_weight': 1.0, 'threshold': 0.95, 'warmup_pos': 0.4}),
+    'fixmatch': (fixmatch.FixMatch, {'wu': 1.0, 'confidence': 0.95}),
+}
+VANILLA = dc3.DC3Config(combined_output=0, wou=0, wol=0)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize('with_dc3', [False, True], ids=['vanilla', 'dc3'])
+@pytest.mark.parametrize('name', sorted(METHODS))
+def test_method_trains_and_reports(name, with_dc3, tiny_data_dir, tmp_path):
+    cls, hparams = METHODS[name]
+    augment = 'd.d.rac' if name == 'fixmatch' else 'd.d.d'
+    method = make_method(cls, tiny_data_dir, tmp_path, dc3.DC3Config() if with_dc3 else VANILLA,
+                         hparams, augment=augment, train_kimg=48 / 1024, report_kimg=24 / 1024)
+    before = [v.numpy().copy() for v in method.model.trainable_variables]
+    run_dir = method.train()
+
+    assert int(method.optimizer.iterations.numpy()) == 6  # 48 images / batch 8
+    changed = [not np.allclose(b, v.numpy()) for b, v in zip(before, method.model.trainable_variables)]
+    assert all(changed)
+    args = json.load(open(os.path.join(run_dir, 'args.json')))
+    assert args['method'] == cls.__name__ and args['combined_output'] == (4 if with_dc3 else 0)
+    history = read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
+    assert [h['images'] for h in history] == [24, 48]
+    assert set(history[-1]['splits']) == {'train', 'unlabeled', 'val'}
+    assert np.isfinite(history[-1]['splits']['val']['ema']['accuracy'])
+    report = os.path.join(run_dir, 'reports', 'img0000000048')
+    frame = pd.read_csv(os.path.join(report, 'val.csv'))
+    assert len(frame) == 64 and sorted(frame['index']) == list(range(64))
+    probs = frame[[f'prob_{c}' for c in range(len(TINY_CLASSES))]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
+    if with_dc3:
+        assert frame['ambiguity'].between(0, 1).all()
+        assert frame['cluster'].max() < 5 * len(TINY_CLASSES)
+        expected_kind = np.where(frame['ambiguity'] >= 0.5, 'cluster', 'class')
+        assert (frame['output_kind'] == expected_kind).all()
+    else:
+        assert frame['ambiguity'].isna().all() and (frame['output_kind'] == 'class').all()
+    assert os.path.exists(os.path.join(report, 'val_embeddings.npy'))
+    assert tf.train.latest_checkpoint(os.path.join(run_dir, 'ckpt')).endswith('ckpt-6')
+
+
+def test_changed_hyperparameters_are_refused_in_the_same_folder(tiny_data_dir, tmp_path):
+    cls, hparams = METHODS['fully_supervised']
+    run_dir = make_method(cls, tiny_data_dir, tmp_path, VANILLA, hparams).train()
+    args_path = os.path.join(run_dir, 'args.json')
+    args = json.load(open(args_path))
+    args['lr'] = 0.5  # as if the folder had been made by another command
+    json.dump(args, open(args_path, 'w'))
+    with pytest.raises(DC3Error, match='other hyperparameters.*lr'):
+        make_method(cls, tiny_data_dir, tmp_path, VANILLA, hparams).train()
+
+
+def test_eval_ckpt_reproduces_the_final_report(tiny_data_dir, tmp_path):
+    cls, hparams = METHODS['pseudo_label']
+    run_dir = make_method(cls, tiny_data_dir, tmp_path, dc3.DC3Config(), hparams).train()
+    final = read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))[-1]
+    fresh = make_method(cls, tiny_data_dir, tmp_path, dc3.DC3Config(), hparams)
+    out = fresh.evaluate_checkpoint(os.path.join(run_dir, 'ckpt', 'ckpt-4'))
+    again = read_jsonl(os.path.join(out, 'metrics.jsonl'))[-1]
+    assert again['step'] == final['step'] == 4
+    for key in ('accuracy', 'f1_certain', 'kl', 'ambiguous_share'):
+        assert again['splits']['val']['ema'][key] == pytest.approx(final['splits']['val']['ema'][key])
+    with pytest.raises(DC3Error, match='not found'):
+        fresh.evaluate_checkpoint(os.path.join(run_dir, 'ckpt', 'ckpt-999'))
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tiny_data_dir, tmp_path):
+    """SIGKILL a real training process once it has saved; the same command then continues."""
+    command = [sys.executable, 'mean_teacher.py', '--dataset', 'tiny.1@-1-10', '--data_dir',
+               tiny_data_dir, '--train_dir', str(tmp_path), '--filters', '4', '--scales', '2',
+               '--repeat', '1', '--batch', '8', '--train_kimg', '3', '--save_kimg', '0.0625',
+               '--report_kimg', '3']
+    env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    ckpt_state = None
+    while time.time() < deadline and first.poll() is None:
+        found = [os.path.join(d, 'checkpoint') for d, _, files in os.walk(tmp_path)
+                 if 'checkpoint' in files]
+        if found:
+            ckpt_state = found[0]
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, 'the first run ended before it could be killed'
+    run_dir = os.path.dirname(os.path.dirname(ckpt_state))
+    killed_at = tf.train.latest_checkpoint(os.path.dirname(ckpt_state))
+    killed_step = int(killed_at.rsplit('-', 1)[1])
+    assert 0 < killed_step < 384
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert 'Resumed from' in second.stderr
+    resumed_step = int(second.stderr.split('Resumed from')[1].split('ckpt-')[1].split()[0])
+    assert resumed_step >= killed_step
+    history = read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
+    assert history[-1]['step'] == 384  # 3 kimg / batch 8, not restarted from 0
+    assert tf.train.latest_checkpoint(os.path.join(run_dir, 'ckpt')).endswith('ckpt-384')
