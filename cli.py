@@ -21,6 +21,8 @@ flags.DEFINE_enum('arch', 'resnet', ['resnet'], 'Backbone architecture.')
 flags.DEFINE_integer('filters', 32, 'Width of the first ResNet stage.')
 flags.DEFINE_integer('scales', 0, 'Number of ResNet stages (0: log2(image size) - 2).')
 flags.DEFINE_integer('repeat', 4, 'Residual blocks per stage.')
+flags.DEFINE_float('bn_momentum', 0.999, 'Batch-norm momentum; 0.999 (FixMatch) suits long runs, '
+                   'use ~0.99 for runs of a few thousand steps.')
 # Optimisation.
 flags.DEFINE_integer('batch', 64, 'Labeled images per step.')
 flags.DEFINE_integer('uratio', 1, 'Unlabeled images per labeled image in a step.')
@@ -66,7 +68,7 @@ def configs():
         mixed_precision=FLAGS.mixed_precision, nan_policy=FLAGS.nan_policy,
         eval_batch=FLAGS.eval_batch)
     model_config = train.ModelConfig(arch=FLAGS.arch, filters=FLAGS.filters, scales=FLAGS.scales,
-                                     repeat=FLAGS.repeat)
+                                     repeat=FLAGS.repeat, bn_momentum=FLAGS.bn_momentum)
     dc3_config = dc3.DC3Config(
         combined_output=FLAGS.combined_output, wou=FLAGS.wou, wol=FLAGS.wol, wf=FLAGS.wf,
         ws=FLAGS.ws, ceinv_labels=FLAGS.ceinv_labels, prob_gradient=FLAGS.prob_gradient,

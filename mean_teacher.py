@@ -1,7 +1,10 @@
 """Mean Teacher (Tarvainen & Valpola, 2017): the EMA of the weights teaches the student.
 
-The teacher (the EMA network, in inference mode) sees the first unlabeled view, the student the
-second; both views also go through the student's single forward pass, which DC3 uses.
+The teacher (the EMA network) sees the first unlabeled view, the student the second; both views
+also go through the student's single forward pass, which DC3 uses. The teacher normalises with
+batch statistics, as in FixMatch's implementation: in inference mode it would use moving statistics
+that lag the weights and give poor targets early in training. (Its batch norms therefore also fold
+the teacher batch into the EMA network's moving statistics before the EMA update.)
 """
 from absl import app, flags
 
@@ -16,7 +19,7 @@ class MeanTeacher(train.SSLMethod):
     unlabeled_views = 2
 
     def method_losses(self, batch, outputs, progress):
-        teacher = self.ema_model(batch['unlabeled'][0], training=False)[CLASS_HEAD]
+        teacher = self.ema_model(batch['unlabeled'][0], training=True)[CLASS_HEAD]
         return train.LossTerms(
             labeled_xe=self.labeled_cross_entropy(batch, outputs),
             ssl=losses.softmax_mse(teacher, outputs.unlabeled[1][CLASS_HEAD]),

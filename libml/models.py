@@ -24,17 +24,17 @@ def _conv(filters, kernel, stride=1, name=None):
                          kernel_initializer=init, name=name)
 
 
-def _bn_relu(x):
-    x = layers.BatchNormalization(momentum=0.999, epsilon=1e-3)(x)
+def _bn_relu(x, momentum):
+    x = layers.BatchNormalization(momentum=momentum, epsilon=1e-3)(x)
     return layers.LeakyReLU(negative_slope=0.1)(x)
 
 
-def _residual(x0, filters, stride=1, activate_before_residual=False):
-    x = _bn_relu(x0)
+def _residual(x0, filters, bn_momentum, stride=1, activate_before_residual=False):
+    x = _bn_relu(x0, bn_momentum)
     if activate_before_residual:
         x0 = x
     x = _conv(filters, 3, stride)(x)
-    x = _bn_relu(x)
+    x = _bn_relu(x, bn_momentum)
     x = _conv(filters, 3)(x)
     if x0.shape[-1] != filters:
         x0 = _conv(filters, 1, stride)(x0)
@@ -46,7 +46,8 @@ def default_scales(image_size):
     return max(1, int(math.log2(image_size)) - 2)
 
 
-def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, name='network'):
+def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, bn_momentum=0.999,
+                  name='network'):
     """Builds a Keras model mapping images in [-1, 1] to ``{'embedding': ..., <head>: logits}``.
 
     Args:
@@ -54,6 +55,8 @@ def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, name=
       image_size: input height and width.
       heads: dict ``{output name: number of units}``; each becomes a separate Dense layer.
       filters, scales, repeat: width, number of stages (0 = ``default_scales``) and blocks per stage.
+      bn_momentum: batch-norm moving-average momentum; FixMatch's 0.999 suits runs of 10^5+
+        steps, a short run needs less (e.g. 0.99) or its evaluation uses stale statistics.
     """
     if arch not in ARCHITECTURES:
         raise DC3Error(f'unknown --arch {arch!r}; choose one of {", ".join(ARCHITECTURES)}')
@@ -61,11 +64,11 @@ def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, name=
     inputs = keras.Input((image_size, image_size, 3), name='image')
     y = _conv(16, 3)(inputs)
     for scale in range(scales):
-        y = _residual(y, filters << scale, stride=2 if scale else 1,
+        y = _residual(y, filters << scale, bn_momentum, stride=2 if scale else 1,
                       activate_before_residual=scale == 0)
         for _ in range(repeat - 1):
-            y = _residual(y, filters << scale)
-    y = _bn_relu(y)
+            y = _residual(y, filters << scale, bn_momentum)
+    y = _bn_relu(y, bn_momentum)
     # Heads and embedding stay float32 under mixed precision: losses need full-precision logits.
     embedding = layers.GlobalAveragePooling2D(name='embedding', dtype='float32')(y)
     outputs = {'embedding': embedding}

@@ -37,6 +37,7 @@ class ModelConfig:
     filters: int = 32
     scales: int = 0             # 0: FixMatch's rule, log2(image size) - 2
     repeat: int = 4
+    bn_momentum: float = 0.999  # FixMatch's; short runs want ~0.99 (see models.build_network)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +168,8 @@ class SSLMethod:
         self.class_weights = dataset.class_weights if train.use_weighted_xe else None
         heads = self.heads()
         build = dict(arch=model.arch, image_size=dataset.image_size, heads=heads,
-                     filters=model.filters, scales=model.scales, repeat=model.repeat)
+                     filters=model.filters, scales=model.scales, repeat=model.repeat,
+                     bn_momentum=model.bn_momentum)
         self.model = models.build_network(name='model', **build)
         self.ema_model = models.build_network(name='ema_model', **build)
         for ema_var, var in zip(self.ema_model.variables, self.model.variables):
@@ -252,10 +254,20 @@ class SSLMethod:
                       else total)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        decay = self.train_config.ema
+        self.update_ema()
+        return monitors
+
+    def update_ema(self):
+        """EMA of all weights (batch-norm statistics included) with a warm-up of the decay.
+
+        ``decay_t = min(ema, (1 + t) / (10 + t))``, as tf.train.ExponentialMovingAverage does with
+        ``num_updates``: identical to FixMatch's fixed decay after a few thousand steps, but a
+        short run's EMA is not dominated by the random initial weights (0.999^256 = 0.77).
+        """
+        step = tf.cast(self.optimizer.iterations, tf.float32)
+        decay = tf.minimum(self.train_config.ema, (1.0 + step) / (10.0 + step))
         for ema_var, var in zip(self.ema_model.variables, self.model.variables):
             ema_var.assign(decay * ema_var + (1.0 - decay) * var)
-        return monitors
 
     def input_config(self, seed):
         return data.InputConfig(batch=self.train_config.batch, uratio=self.train_config.uratio,

@@ -1,0 +1,32 @@
+# The two set-up commands of the README:
+#   make demo   installs, generates the synthetic ambiguous dataset, trains a short DC3 run
+#               and prints the paper's metrics
+#   make test   installs and runs the test suite
+export PYTHON ?= python3
+export ML_DATA ?= data
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+DEMO_DIR ?= experiments/demo
+# A short run that fits a laptop CPU in a few minutes; real runs use the paper's command lines.
+DEMO_FLAGS ?= --filters 16 --repeat 2 --batch 32 --train_kimg 12 --report_kimg 4 --save_kimg 4 \
+	--bn_momentum 0.99 --lr 0.03
+
+.PHONY: install install-dev demo data test bench clean-demo
+
+install:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+
+install-dev:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+
+data: install
+	./generate_datasets.sh
+
+demo: data
+	$(PYTHON) mean_teacher.py --dataset synthetic.1@-1-10 --train_dir $(DEMO_DIR) $(DEMO_FLAGS)
+	$(PYTHON) scripts/report.py $(DEMO_DIR) --split val --out $(DEMO_DIR)/tables
+
+test: install-dev
+	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+clean-demo:
+	rm -rf $(DEMO_DIR)
