@@ -44,6 +44,8 @@ flags.DEFINE_string('eval_ckpt', '', 'Only evaluate this checkpoint (path withou
 flags.DEFINE_enum('nan_policy', 'stop', ['stop', 'skip'],
                   'On a non-finite loss: stop with an error, or rewind to the last checkpoint.')
 flags.DEFINE_integer('eval_batch', 256, 'Batch size of evaluation.')
+flags.DEFINE_integer('deterministic', 0, '1: TF op determinism; with the same --seed two runs on the '
+                     'same machine give identical results (slower).')
 # DC3 (names of the original code).
 flags.DEFINE_integer('combined_output', 4, '4: DC3 with the ambiguity head; 0: no ambiguity head.')
 flags.DEFINE_float('wou', 10, 'Weight of CE^-1 on unlabeled images (0: off).')
@@ -66,7 +68,7 @@ def configs():
         report_kimg=FLAGS.report_kimg, save_kimg=FLAGS.save_kimg, keep_ckpt=FLAGS.keep_ckpt,
         seed=FLAGS.seed, augment=FLAGS.augment, use_weighted_xe=FLAGS.use_weighted_xe,
         mixed_precision=FLAGS.mixed_precision, nan_policy=FLAGS.nan_policy,
-        eval_batch=FLAGS.eval_batch)
+        eval_batch=FLAGS.eval_batch, deterministic=FLAGS.deterministic)
     model_config = train.ModelConfig(arch=FLAGS.arch, filters=FLAGS.filters, scales=FLAGS.scales,
                                      repeat=FLAGS.repeat, bn_momentum=FLAGS.bn_momentum)
     dc3_config = dc3.DC3Config(

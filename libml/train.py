@@ -27,7 +27,7 @@ from libml.models import CLASS_HEAD
 # Keys of args.json that may change between runs in the same folder: they do not change the
 # optimisation (how often to report or save, which checkpoint to evaluate, where runs live).
 OPERATIONAL_KEYS = ('report_kimg', 'save_kimg', 'keep_ckpt', 'eval_ckpt', 'train_dir',
-                    'nan_policy', 'eval_batch')
+                    'nan_policy', 'eval_batch', 'deterministic')
 MAX_CONSECUTIVE_SKIPS = 10
 
 
@@ -59,6 +59,7 @@ class TrainConfig:
     mixed_precision: int = 0
     nan_policy: str = 'stop'    # 'stop': exit non-zero; 'skip': rewind to the last checkpoint
     eval_batch: int = 256
+    deterministic: int = 0      # 1: TF op determinism (bit-identical reruns on the same machine)
 
     def __post_init__(self):
         checks = [
@@ -161,6 +162,9 @@ class SSLMethod:
                            'ranks them')
         self.augment = data.augment.parse_augment(train.augment)
         self.precision = set_precision(train.mixed_precision)
+        if train.deterministic:
+            # Process-wide: deterministic kernels, and tf.data runs stateful augmentations in order.
+            tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(train.seed)
 
         self.images_per_step = train.batch
