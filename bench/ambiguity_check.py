@@ -1,0 +1,45 @@
+"""Does the ambiguity head find the ambiguous images? Compares p_a with the known truth.
+
+For a run on the synthetic data (whose truth.csv records which images are blends of two classes),
+prints the AUROC of p_a against "is a blend", the same AUROC for the classifier's own uncertainty
+1 - max p_n as a reference, and the mean p_a per predicted class (a head that splits by class
+instead of by ambiguity shows values near 0 and 1 here).
+
+    python bench/ambiguity_check.py --run_dir experiments/demo/synthetic.1@-1-10/MeanTeacher_co4_... \
+        --truth data/raw/Synthetic/truth.csv
+"""
+import glob
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from libml import metrics  # noqa: E402
+
+flags.DEFINE_string('run_dir', None, 'Run folder (with reports/).', required=True)
+flags.DEFINE_string('truth', 'data/raw/Synthetic/truth.csv', 'truth.csv of the synthetic data.')
+flags.DEFINE_string('split', 'val', 'Split whose predictions to check.')
+FLAGS = flags.FLAGS
+
+
+def main(_):
+    report = sorted(glob.glob(os.path.join(FLAGS.run_dir, 'reports', 'img*')))[-1]
+    pred = pd.read_csv(os.path.join(report, f'{FLAGS.split}.csv'))
+    truth = pd.read_csv(FLAGS.truth).set_index('image_path')
+    blended = truth.loc[pred['path'], 'alpha'].to_numpy() > 0
+    probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
+    print(f'report {report}: {len(pred)} images, {blended.mean():.1%} blends')
+    if pred['ambiguity'].notna().any():
+        print(f'AUROC p_a vs blend:          {metrics.auroc(pred["ambiguity"], blended):.3f}')
+        per_class = pred.groupby(probs.argmax(axis=1))['ambiguity'].mean()
+        print('mean p_a per predicted class: ' + ' '.join(f'{c}:{v:.2f}' for c, v in per_class.items()))
+    print(f'AUROC 1 - max p_n vs blend:  {metrics.auroc(1 - probs.max(axis=1), blended):.3f}')
+    return 0
+
+
+if __name__ == '__main__':
+    app.run(main)
