@@ -168,3 +168,30 @@ def class_weights_from_counts(counts):
     weights = np.zeros_like(counts)
     weights[present] = counts.sum() / (present.sum() * counts[present])
     return weights.tolist()
+
+
+def write_arrays(data_dir, name, seed, classes, splits, source='arrays'):
+    """Writes in-memory images as a dataset (for tests and benchmarks; real data goes through
+    scripts/create_datasets.py). ``splits``: split -> (uint8 images [n, H, W, 3], hard labels,
+    soft labels [n, k]). Returns the dataset's ``DatasetInfo``."""
+    import io
+    from PIL import Image
+    directory = dataset_dir(data_dir, name, seed)
+    os.makedirs(directory, exist_ok=True)
+    for split, (images, labels, soft) in splits.items():
+        with tf.io.TFRecordWriter(os.path.join(directory, split_file(split))) as writer:
+            for i, (image, label, soft_label) in enumerate(zip(images, labels, soft)):
+                png = io.BytesIO()
+                Image.fromarray(np.asarray(image, np.uint8)).save(png, 'PNG')
+                writer.write(serialize_example(png.getvalue(), label, soft_label,
+                                               f'{split}/{i}.png', split, i))
+    train_labels = np.asarray(splits['train'][1])
+    pool = np.concatenate([np.asarray(splits[s][2]) for s in ('train', 'unlabeled') if s in splits])
+    io_utils.write_json(os.path.join(directory, META_FILE), {
+        'format_version': FORMAT_VERSION, 'name': name, 'seed': seed, 'classes': list(classes),
+        'image_size': int(np.asarray(splits['train'][0]).shape[1]), 'source': source,
+        'splits': {s: {'count': len(v[1])} for s, v in splits.items()},
+        'class_weights': class_weights_from_counts(
+            np.bincount(train_labels, minlength=len(classes))),
+        'ambiguous_fraction': {'pool': float(np.mean(pool.max(axis=1) < 1 - 1e-6))}})
+    return load_dataset_info(data_dir, name, seed)

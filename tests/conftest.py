@@ -3,7 +3,6 @@
 The dataset here deliberately bypasses scripts/create_datasets.py so training tests do not depend
 on the importer (which has its own tests).
 """
-import io
 import os
 import sys
 
@@ -14,40 +13,29 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from libml import dc3, io_utils, records, train  # noqa: E402
+from libml import dc3, records, train  # noqa: E402
 
 TINY_SIZE = 16
 TINY_CLASSES = ('a', 'b', 'c', 'd')
 
 
 def write_tiny_dataset(data_dir, name='tiny', seed=1, counts=None, size=TINY_SIZE):
-    """Four noisy colour-prototype classes; every third image is ambiguous (soft 0.6 / 0.4)."""
-    import tensorflow as tf
-    from PIL import Image
+    """Four noisy colour-prototype classes; every third image is ambiguous (soft 0.6 / 0.4) and
+    drawn between its two classes' prototypes."""
     counts = counts or {'train': 64, 'unlabeled': 128, 'val': 64}
     rng = np.random.default_rng(seed)
     k = len(TINY_CLASSES)
     protos = rng.uniform(0, 255, (k, size, size, 3))
-    directory = records.dataset_dir(data_dir, name, seed)
-    os.makedirs(directory, exist_ok=True)
+    splits = {}
     for split, n in counts.items():
-        with tf.io.TFRecordWriter(os.path.join(directory, records.split_file(split))) as writer:
-            for i in range(n):
-                c = int(rng.integers(k))
-                soft = np.eye(k)[c]
-                if i % 3 == 0:
-                    soft = 0.6 * soft + 0.4 * np.eye(k)[(c + 1) % k]
-                image = protos[c] + (protos[(c + 1) % k] - protos[c]) * (1 - soft[c])
-                image = np.clip(image + rng.normal(0, 30, image.shape), 0, 255).astype(np.uint8)
-                png = io.BytesIO()
-                Image.fromarray(image).save(png, 'PNG')
-                writer.write(records.serialize_example(png.getvalue(), c, soft, f'{split}/{i}.png',
-                                                       split, i))
-    io_utils.write_json(os.path.join(directory, records.META_FILE), {
-        'format_version': records.FORMAT_VERSION, 'classes': list(TINY_CLASSES),
-        'image_size': size, 'splits': {s: {'count': n} for s, n in counts.items()},
-        'class_weights': [1.0] * k, 'ambiguous_fraction': {'pool': 1 / 3}, 'source': 'raw/Tiny'})
-    return directory
+        labels = rng.integers(k, size=n)
+        soft = np.eye(k)[labels]
+        soft[::3] = 0.6 * soft[::3] + 0.4 * np.eye(k)[(labels[::3] + 1) % k]
+        images = protos[labels] + (protos[(labels + 1) % k] - protos[labels]) * (
+            1 - soft[np.arange(n), labels])[:, None, None, None]
+        images = np.clip(images + rng.normal(0, 30, images.shape), 0, 255).astype(np.uint8)
+        splits[split] = (images, labels, soft)
+    return records.write_arrays(data_dir, name, seed, TINY_CLASSES, splits, source='raw/Tiny')
 
 
 @pytest.fixture(scope='session')
