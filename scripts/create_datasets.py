@@ -268,6 +268,7 @@ def scan_dc3(input_dir):
     """Reads the ``<split>/<class>/<image>`` tree and the optional soft labels."""
     entries = []                    # (path, split folder, class folder name or None)
     class_names = set()
+    names_per_split = {}
     for split in SPLIT_FOLDERS:
         if not os.path.isdir(os.path.join(input_dir, split)):
             continue
@@ -280,11 +281,19 @@ def scan_dc3(input_dir):
         for folder in folders:
             images = _list_images(input_dir, folder, 'class')
             class_names.add(posixpath.basename(folder))
+            names_per_split.setdefault(split, set()).add(posixpath.basename(folder))
             entries.extend((path, split, posixpath.basename(folder)) for path in images)
     if not class_names:
         raise DC3Error(f'no class folders under {_quote(input_dir)}; the DC3 layout is '
                        '<input>/{train,val,unlabeled,test}/<class>/<image> (or use --layout dcic '
                        'with fold1..fold5 and annotations.json)')
+    # A class that the labeled split lacks is almost always a misspelt folder name; a class
+    # missing from a small validation split is normal and allowed.
+    for split, names in sorted(names_per_split.items()):
+        unknown = sorted(names - names_per_split.get('train', set()))
+        if split != 'train' and unknown and 'train' in names_per_split:
+            raise DC3Error(f'class folder(s) {unknown} in {split}/ do not exist in train/; class '
+                           'names must agree between splits: rename them to match train/')
     classes = tuple(sorted(class_names))
     entries.sort()
     csv_soft = read_soft_label_csv(input_dir, classes, {path for path, _, _ in entries})

@@ -168,7 +168,7 @@ def build_dc3(root):
     files = ['train/cat/c0.png', 'train/cat/c1.png', 'train/cat/c2.png', 'train/dog/d0.png',
              'train/dog/d1.png', 'val/cat/v0.png', 'val/dog/v1.png', 'unlabeled/cat/u0.png',
              'unlabeled/loose.png', 'unlabeled/loose2.png', 'test/emu/t0.png',
-             'test/dog/t1.png']
+             'test/dog/t1.png', 'train/emu/e0.png']
     pixels = {}
     for relative in files:
         pixels[relative] = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
@@ -218,23 +218,26 @@ def test_dc3_round_trip(tmp_path):
     assert meta['splits']['unlabeled']['unknown_label_count'] == 1
     # The image without any label does not count as ambiguous: 1 of the 3 known is (loose2).
     assert meta['splits']['unlabeled']['ambiguous_fraction'] == pytest.approx(1 / 2)
-    assert meta['ambiguous_fraction']['pool'] == pytest.approx(2 / 7)
+    assert meta['ambiguous_fraction']['pool'] == pytest.approx(2 / 8)
     assert meta['splits']['test']['per_class'] == {'cat': 0, 'dog': 1, 'emu': 1}
     records.load_dataset_info(str(data_dir), 'pets', 4)
 
 
 def test_class_weights_from_labeled_split(tmp_path):
-    """Inverse frequency n / (k_present * n_c); a class missing from train gets weight 0."""
+    """Inverse frequency n / (k_present * n_c) over the labeled split only (val does not count);
+    a class missing from the labeled split gets weight 0."""
+    np.testing.assert_allclose(records.class_weights_from_counts([6, 2, 0]),
+                               [8 / (2 * 6), 8 / (2 * 2), 0.0])
     folder = tmp_path / 'raw' / 'W'
     rng = np.random.default_rng(1)
-    layout = {'train/a': 6, 'train/b': 2, 'val/a': 1, 'val/c': 1}
+    layout = {'train/a': 6, 'train/b': 2, 'val/a': 1, 'val/b': 3}
     for sub, count in layout.items():
         for i in range(count):
             save_image(folder / sub / f'{i}.png', rng.integers(0, 256, (SIZE, SIZE, 3), np.uint8))
     [directory] = create_datasets.import_dataset(config(folder, tmp_path / 'data'))
     meta, _ = read_output(directory)
-    assert meta['classes'] == ['a', 'b', 'c']
-    np.testing.assert_allclose(meta['class_weights'], [8 / (2 * 6), 8 / (2 * 2), 0.0])
+    assert meta['classes'] == ['a', 'b']
+    np.testing.assert_allclose(meta['class_weights'], [8 / (2 * 6), 8 / (2 * 2)])
 
 
 def test_image_modes_and_mixed_sizes(tmp_path):
@@ -349,6 +352,7 @@ def test_train_labels_sampled_from_soft_label(tmp_path):
     for i in range(n):
         save_image(folder / f'train/no/{i}.png', image)
         rows.append(f'train/no/{i}.png,3,7')
+    save_image(folder / 'train/yes/y.png', image)   # so that 'yes' is a class of train/ too
     save_image(folder / 'val/yes/v.png', image)
     save_image(folder / 'val/no/v.png', image)
     rows.append('val/no/v.png,0.3,0.7')
@@ -357,7 +361,8 @@ def test_train_labels_sampled_from_soft_label(tmp_path):
     drawn = []
     for directory in directories:
         _, data = read_output(directory)
-        labels = dict(zip(data['train']['path'], data['train']['label']))
+        labels = {path: label for path, label in zip(data['train']['path'], data['train']['label'])
+                  if path.startswith('train/no/')}
         assert abs(np.mean(list(labels.values())) - 0.7) < 4 * np.sqrt(0.21 / n)
         assert dict(zip(data['val']['path'], data['val']['label']))['val/no/v.png'] == 1
         drawn.append([labels[p] for p in sorted(labels)])
@@ -439,6 +444,8 @@ DC3_BREAKAGES = {
         'image_path,a,b\ntrain/a/nope.png,1,0\n'), 'nope.png'),
     'csv negative value': (lambda f: (f / 'soft_labels.csv').write_text(
         'image_path,a,b\ntrain/a/0.png,-1,2\n'), 'line 2'),
+    'class differs between splits': (lambda f: save_image(
+        f / 'val/zebra/3.png', np.zeros((SIZE, SIZE, 3), np.uint8)), ("['zebra']", 'val/')),
     'empty train': (lambda f: os.rename(f / 'train', f / 'training'), "'train' split is empty"),
     'empty val': (lambda f: os.rename(f / 'val', f / 'validation'), "'val' split is empty"),
     'image outside class folder': (lambda f: save_image(

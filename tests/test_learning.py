@@ -2,6 +2,9 @@
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,8 @@ import pytest
 import mean_teacher
 from libml import dc3, metrics, records, train
 from scripts import create_datasets, make_synthetic
+from tests.conftest import ROOT
+from tests.test_training import wait_for_checkpoint
 
 
 @pytest.fixture(scope='module')
@@ -59,3 +64,34 @@ def test_metrics_json_is_recomputed_from_the_prediction_csvs(synthetic_data_dir,
     embeddings = np.load(os.path.join(report, 'val_embeddings.npy'))
     # The embedding is the last stage's width: filters << (scales - 1) = 8 << 1.
     assert embeddings.shape == (saved['splits']['val']['ema']['num_images'], 16)
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(synthetic_data_dir, tmp_path):
+    """Kill a run after its first checkpoint (1 kimg of 3), resume it, and compare the final
+    validation metrics with the same command run without interruption."""
+    def command(train_dir):
+        return [sys.executable, 'mean_teacher.py', '--dataset', 'synthetic.1@-1-10', '--data_dir',
+                synthetic_data_dir, '--train_dir', str(train_dir), '--filters', '8', '--scales',
+                '2', '--repeat', '1', '--batch', '32', '--train_kimg', '3', '--save_kimg', '1',
+                '--report_kimg', '3', '--bn_momentum', '0.99', '--combined_output', '0',
+                '--wou', '0', '--wol', '0']
+    env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}
+
+    def final_val(train_dir):
+        result = subprocess.run(command(train_dir), cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        with open(os.path.join(result.stdout.strip().splitlines()[-1], 'metrics.jsonl')) as f:
+            return [json.loads(line) for line in f][-1]
+
+    process = subprocess.Popen(command(tmp_path / 'resumed'), cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for_checkpoint(process, tmp_path / 'resumed', timeout=300)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = final_val(tmp_path / 'resumed')
+    uninterrupted = final_val(tmp_path / 'uninterrupted')
+    assert resumed['step'] == uninterrupted['step'] == 96
+    for key in ('accuracy', 'f1_certain'):
+        a, b = (run['splits']['val']['ema'][key] for run in (resumed, uninterrupted))
+        assert a > 0.6 and b > 0.6 and abs(a - b) < 0.1, (key, a, b)

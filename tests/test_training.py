@@ -97,39 +97,52 @@ def test_eval_ckpt_reproduces_the_final_report(tiny_data_dir, tmp_path):
         fresh.evaluate_checkpoint(os.path.join(run_dir, 'ckpt', 'ckpt-999'))
 
 
+def wait_for_checkpoint(process, root, after_step=0, timeout=120):
+    """Path of the ``checkpoint`` state file below ``root`` once it names a step > ``after_step``
+    (None if the process ended or time ran out first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        for folder, _, files in os.walk(root):
+            if 'checkpoint' in files:
+                latest = tf.train.latest_checkpoint(folder)
+                if latest and int(latest.rsplit('-', 1)[1]) > after_step:
+                    return os.path.join(folder, 'checkpoint')
+        time.sleep(0.05)
+    return None
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_data_dir, tmp_path):
-    """SIGKILL a real training process once it has saved; the same command then continues."""
+    """SIGKILL a real training process three times at random moments while it saves a checkpoint
+    every two steps (so kills land inside saves); each rerun continues and the last one finishes."""
     command = [sys.executable, 'mean_teacher.py', '--dataset', 'tiny.1@-1-10', '--data_dir',
                tiny_data_dir, '--train_dir', str(tmp_path), '--filters', '4', '--scales', '2',
-               '--repeat', '1', '--batch', '8', '--train_kimg', '3', '--save_kimg', '0.0625',
-               '--report_kimg', '3']
+               '--repeat', '1', '--batch', '8', '--train_kimg', '3', '--save_kimg', '0.015625',
+               '--keep_ckpt', '3', '--report_kimg', '3']
     env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}
-    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    ckpt_state = None
-    while time.time() < deadline and first.poll() is None:
-        found = [os.path.join(d, 'checkpoint') for d, _, files in os.walk(tmp_path)
-                 if 'checkpoint' in files]
-        if found:
-            ckpt_state = found[0]
-            break
-        time.sleep(0.05)
-    time.sleep(0.5)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert first.returncode == -signal.SIGKILL, 'the first run ended before it could be killed'
-    run_dir = os.path.dirname(os.path.dirname(ckpt_state))
-    killed_at = tf.train.latest_checkpoint(os.path.dirname(ckpt_state))
-    killed_step = int(killed_at.rsplit('-', 1)[1])
-    assert 0 < killed_step < 384
+    rng = np.random.default_rng(0)
+    steps = []
+    for attempt in range(3):
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        state = wait_for_checkpoint(process, tmp_path, after_step=steps[-1] if steps else 0)
+        assert state, 'no new checkpoint was written'
+        time.sleep(rng.uniform(0.2, 1.5))
+        process.send_signal(signal.SIGKILL)
+        stderr = process.communicate()[1]
+        assert process.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+        if attempt:
+            assert 'Resumed from' in stderr
+        latest = tf.train.latest_checkpoint(os.path.dirname(state))
+        tf.train.load_checkpoint(latest)  # readable, whatever the kill interrupted
+        steps.append(int(latest.rsplit('-', 1)[1]))
+    assert 0 < steps[0] < steps[1] < steps[2] < 384
 
-    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert 'Resumed from' in second.stderr
-    resumed_step = int(second.stderr.split('Resumed from')[1].split('ckpt-')[1].split()[0])
-    assert resumed_step >= killed_step
+    final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    resumed_step = int(final.stderr.split('Resumed from')[1].split('ckpt-')[1].split()[0])
+    assert resumed_step >= steps[-1]
+    run_dir = os.path.dirname(os.path.dirname(state))
     history = read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
     assert history[-1]['step'] == 384  # 3 kimg / batch 8, not restarted from 0
     assert tf.train.latest_checkpoint(os.path.join(run_dir, 'ckpt')).endswith('ckpt-384')
