@@ -7,6 +7,7 @@ separate named layers, so checkpoints, summaries and gradients can address each 
 import math
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from libml.errors import DC3Error
@@ -24,8 +25,59 @@ def _conv(filters, kernel, stride=1, name=None):
                          kernel_initializer=init, name=name)
 
 
+class FusedBatchNormalization(layers.Layer):
+    """Batch normalisation over the channel axis of NHWC tensors with TensorFlow's fused kernel.
+
+    Same parameters and semantics as ``keras.layers.BatchNormalization`` (gamma, beta, moving mean
+    and variance updated with ``momentum``), but one fused op instead of Keras 3's moments +
+    elementwise ops + float32 casts: the training step is 1.3x faster in float32 and 2x faster
+    under mixed bfloat16 on this codebase's CPU benchmark (BENCHMARKS.md). The kernel takes bf16
+    or fp16 activations with float32 statistics, so no casts surround it.
+    The moving variance is updated with the kernel's batch variance, which carries Bessel's
+    correction n / (n - 1) (n = batch x height x width); Keras uses the biased one.
+    """
+
+    def __init__(self, momentum=0.999, epsilon=1e-3, **kwargs):
+        # The variables stay float32 even under a mixed policy: the kernel wants them so.
+        super().__init__(autocast=False, **kwargs)
+        self.momentum = momentum
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = (input_shape[-1],)
+        self.gamma = self.add_weight(shape=channels, initializer='ones', name='gamma')
+        self.beta = self.add_weight(shape=channels, initializer='zeros', name='beta')
+        self.moving_mean = self.add_weight(shape=channels, initializer='zeros',
+                                           name='moving_mean', trainable=False)
+        self.moving_variance = self.add_weight(shape=channels, initializer='ones',
+                                               name='moving_variance', trainable=False)
+
+    def call(self, inputs, training=False):
+        # Explicit float32: Keras autocasts variables of a layer called on its own under a mixed
+        # policy even with autocast=False (inside a model the parent's scope prevents it).
+        gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
+        if training:
+            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+            decay = 1.0 - self.momentum
+            self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
+            self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
+            return outputs
+        outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            inputs, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
+            variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+            is_training=False)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), 'momentum': self.momentum, 'epsilon': self.epsilon}
+
+
 def _bn_relu(x, momentum):
-    x = layers.BatchNormalization(momentum=momentum, epsilon=1e-3)(x)
+    x = FusedBatchNormalization(momentum=momentum, epsilon=1e-3)(x)
     return layers.LeakyReLU(negative_slope=0.1)(x)
 
 
