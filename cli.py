@@ -6,7 +6,7 @@ work unchanged.
 """
 from absl import flags, logging
 
-from libml import dc3, io_utils, records, train
+from libml import dc3, distribute, io_utils, records, train
 
 FLAGS = flags.FLAGS
 
@@ -23,8 +23,11 @@ flags.DEFINE_integer('scales', 0, 'Number of ResNet stages (0: log2(image size) 
 flags.DEFINE_integer('repeat', 4, 'Residual blocks per stage.')
 flags.DEFINE_float('bn_momentum', 0.999, 'Batch-norm momentum; 0.999 (FixMatch) suits long runs, '
                    'use ~0.99 for runs of a few thousand steps.')
+flags.DEFINE_integer('sync_bn', 0, '1: with several replicas, batch norm uses the moments of the '
+                     'global batch (as one device would); 0: each replica its own.')
 # Optimisation.
-flags.DEFINE_integer('batch', 64, 'Labeled images per step.')
+flags.DEFINE_integer('batch', 64, 'Labeled images per step and replica (global batch: batch x '
+                     'replicas).')
 flags.DEFINE_integer('uratio', 1, 'Unlabeled images per labeled image in a step.')
 flags.DEFINE_float('lr', 0.03, 'Initial learning rate (cosine decay to cos(7 pi / 16) of it).')
 flags.DEFINE_float('wd', 0.0005, 'Weight decay: factor of sum(kernel^2) / 2 in the loss.')
@@ -35,6 +38,8 @@ flags.DEFINE_string('augment', 'd.d.d',
 flags.DEFINE_integer('use_weighted_xe', 0, '1: weight the labeled cross-entropy by class '
                      '(inverse frequency in the labeled split).')
 flags.DEFINE_integer('mixed_precision', 0, '1: bf16 on CPU, fp16 with loss scaling on GPU.')
+flags.DEFINE_enum('strategy', 'default', list(distribute.STRATEGIES),
+                  'default: one device; mirrored: one replica per GPU of this machine.')
 # Length, reports, checkpoints.
 flags.DEFINE_float('train_kimg', 1 << 16, 'Training length in thousands (1024) of labeled images.')
 flags.DEFINE_float('report_kimg', 64, 'Evaluate and write predictions every this many kimg.')
@@ -68,9 +73,10 @@ def configs():
         report_kimg=FLAGS.report_kimg, save_kimg=FLAGS.save_kimg, keep_ckpt=FLAGS.keep_ckpt,
         seed=FLAGS.seed, augment=FLAGS.augment, use_weighted_xe=FLAGS.use_weighted_xe,
         mixed_precision=FLAGS.mixed_precision, nan_policy=FLAGS.nan_policy,
-        eval_batch=FLAGS.eval_batch, deterministic=FLAGS.deterministic)
+        eval_batch=FLAGS.eval_batch, deterministic=FLAGS.deterministic, strategy=FLAGS.strategy)
     model_config = train.ModelConfig(arch=FLAGS.arch, filters=FLAGS.filters, scales=FLAGS.scales,
-                                     repeat=FLAGS.repeat, bn_momentum=FLAGS.bn_momentum)
+                                     repeat=FLAGS.repeat, bn_momentum=FLAGS.bn_momentum,
+                                     sync_bn=FLAGS.sync_bn)
     dc3_config = dc3.DC3Config(
         combined_output=FLAGS.combined_output, wou=FLAGS.wou, wol=FLAGS.wol, wf=FLAGS.wf,
         ws=FLAGS.ws, ceinv_labels=FLAGS.ceinv_labels, prob_gradient=FLAGS.prob_gradient,

@@ -21,7 +21,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from libml import losses
+from libml import distribute, losses
 from libml.errors import DC3Error
 from libml.models import CLASS_HEAD
 
@@ -145,20 +145,35 @@ def scaling_weights(ambiguity_probs, prob_gradient=0, use_soft_prob=1, use_loss_
 
     ``prob_gradient=0`` stops gradients through them; ``use_soft_prob=0`` rounds ``p_a`` to {0, 1};
     ``use_loss_rescale=1`` multiplies each by ``B / sum(weights)`` (the sum clipped to [1, B - 1]) so
-    that the weighted mean keeps the scale of an unweighted one.
+    that the weighted mean keeps the scale of an unweighted one; ``B`` and the sum cover the global
+    batch when several replicas train together.
     """
-    ambiguous = ambiguity_probs if prob_gradient else tf.stop_gradient(ambiguity_probs)
-    if not use_soft_prob:
-        ambiguous = tf.stop_gradient(tf.cast(ambiguous >= 0.5, tf.float32))
-    certain = 1.0 - ambiguous
-    if use_loss_rescale:
-        size = tf.cast(tf.shape(ambiguous)[0], tf.float32)
+    return subset_scaling_weights([ambiguity_probs], prob_gradient, use_soft_prob,
+                                  use_loss_rescale)[0]
 
-        def rescale(w):
-            return w * size / tf.clip_by_value(tf.reduce_sum(w), 1.0, tf.maximum(size - 1.0, 1.0))
 
-        certain, ambiguous = rescale(certain), rescale(ambiguous)
-    return certain, ambiguous
+def subset_scaling_weights(probs_per_subset, prob_gradient=0, use_soft_prob=1, use_loss_rescale=0):
+    """``scaling_weights`` of several subsets (labeled, unlabeled), each rescaled by its own sums.
+
+    With several replicas the sums of every subset travel together in a single all-reduce, one
+    collective op (and one in the backward pass with ``prob_gradient=1``) instead of one per sum.
+    """
+    pairs = []
+    for probs in probs_per_subset:
+        ambiguous = probs if prob_gradient else tf.stop_gradient(probs)
+        if not use_soft_prob:
+            ambiguous = tf.stop_gradient(tf.cast(ambiguous >= 0.5, tf.float32))
+        pairs.append((1.0 - ambiguous, ambiguous))
+    if not use_loss_rescale:
+        return pairs
+    totals = distribute.global_sum(tf.stack([tf.reduce_sum(w) for pair in pairs for w in pair]))
+    rescaled = []
+    for i, pair in enumerate(pairs):
+        size = tf.cast(distribute.global_batch_size(pair[0]), tf.float32)
+        limit = tf.maximum(size - 1.0, 1.0)
+        rescaled.append(tuple(w * size / tf.clip_by_value(totals[2 * i + j], 1.0, limit)
+                              for j, w in enumerate(pair)))
+    return rescaled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,16 +205,18 @@ class DC3Mixin:
         ranked = unlabeled[0] if unlabeled else labeled
         monitors = {}
 
-        def weights(subset):
-            """(certain, ambiguous) per-image weights of a subset; (1, 0) without the head."""
-            if not cfg.ambiguity_head:
-                ones = tf.ones(tf.shape(subset[CLASS_HEAD])[:1])
-                return ones, tf.zeros_like(ones)
-            return scaling_weights(tf.sigmoid(subset[AMBIGUITY_HEAD][:, 0]), cfg.prob_gradient,
-                                   cfg.use_soft_prob, cfg.use_loss_rescale)
-
-        certain_l, _ = weights(labeled)
-        certain_u, ambiguous_u = weights(unlabeled[0]) if unlabeled else (None, None)
+        # (certain, ambiguous) per-image weights of the labeled and the first unlabeled view;
+        # (1, 0) without the ambiguity head.
+        subsets = [labeled, *unlabeled[:1]]
+        if cfg.ambiguity_head:
+            weights = subset_scaling_weights(
+                [tf.sigmoid(subset[AMBIGUITY_HEAD][:, 0]) for subset in subsets],
+                cfg.prob_gradient, cfg.use_soft_prob, cfg.use_loss_rescale)
+        else:
+            ones = [tf.ones(tf.shape(subset[CLASS_HEAD])[:1]) for subset in subsets]
+            weights = [(w, tf.zeros_like(w)) for w in ones]
+        certain_l = weights[0][0]
+        certain_u, ambiguous_u = weights[1] if unlabeled else (None, None)
 
         # The method's own terms, scaled by certainty. Without an unlabeled loss (the supervised
         # baseline) the labeled cross-entropy is the SSL term and is scaled instead.
@@ -226,10 +243,14 @@ class DC3Mixin:
                              'dc3/ceinv_mask_rate': tf.reduce_mean(mask)})
         if cfg.ambiguity_head:
             logit = ranked[AMBIGUITY_HEAD][:, 0]
-            targets = ambiguity_pseudo_labels(tf.sigmoid(logit), cfg.prior_fuzzy_distribution)
+            prior = cfg.prior_fuzzy_distribution
+            # Ranked over the global batch, so that several replicas call the same images
+            # ambiguous as one device would (each its own top share would not).
+            targets = distribute.on_global_batch(lambda p: ambiguity_pseudo_labels(p, prior),
+                                                 tf.sigmoid(logit))
             loss_a = tf.reduce_mean(ambiguity_loss(logit, targets))
             total += cfg.wf * loss_a
-            cutoff = ambiguity_cutoff(tf.shape(targets)[0], cfg.prior_fuzzy_distribution)
+            cutoff = ambiguity_cutoff(distribute.global_batch_size(logit), prior)
             monitors.update({'dc3/loss_ambiguity': loss_a,
                              'dc3/loss_ambiguity_weighted': cfg.wf * loss_a,
                              'dc3/mean_p_a': tf.reduce_mean(tf.sigmoid(logit)),
@@ -246,7 +267,12 @@ class DC3Mixin:
 
 
 def _ceinv_to_partners(overcluster_logits, labels, mask, cfg):
-    """Per-image CE^-1 between each image's overcluster output and its partner's (masked)."""
+    """Per-image CE^-1 between each image's overcluster output and its partner's (masked).
+
+    With several replicas, partners come from the replica's own batch: CE^-1 differentiates the
+    partner's output too, and a partner on another replica would need that replica's backward
+    pass. (So this term, unlike the rest of the loss, sees a smaller pool of partners.)
+    """
     probs = tf.nn.softmax(overcluster_logits)
     partners = choose_partners(labels, by_label=bool(cfg.ceinv_labels))
     ceinv = inverse_cross_entropy(probs, tf.gather(probs, partners))

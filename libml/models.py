@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from libml import distribute
 from libml.errors import DC3Error
 
 CLASS_HEAD = 'logits'
@@ -35,30 +36,44 @@ class FusedBatchNormalization(layers.Layer):
     or fp16 activations with float32 statistics, so no casts surround it.
     The moving variance is updated with the kernel's batch variance, which carries Bessel's
     correction n / (n - 1) (n = batch x height x width); Keras uses the biased one.
+
+    ``synchronized``: with several replicas (``tf.distribute``), normalise training batches with the
+    moments of the global batch (all-reduced, and differentiated through the all-reduce), so that
+    results match one device with the global batch. The fused kernel cannot take given moments in
+    training mode, so that path uses ``tf.nn.batch_normalization``. Without it every replica
+    normalises with its own batch. Either way the moving statistics are averaged over replicas
+    (``aggregation='mean'``, which also lets replicas assign them).
     """
 
-    def __init__(self, momentum=0.999, epsilon=1e-3, **kwargs):
+    def __init__(self, momentum=0.999, epsilon=1e-3, synchronized=False, **kwargs):
         # The variables stay float32 even under a mixed policy: the kernel wants them so.
         super().__init__(autocast=False, **kwargs)
         self.momentum = momentum
         self.epsilon = epsilon
+        self.synchronized = synchronized
 
     def build(self, input_shape):
         channels = (input_shape[-1],)
         self.gamma = self.add_weight(shape=channels, initializer='ones', name='gamma')
         self.beta = self.add_weight(shape=channels, initializer='zeros', name='beta')
-        self.moving_mean = self.add_weight(shape=channels, initializer='zeros',
-                                           name='moving_mean', trainable=False)
+        self.moving_mean = self.add_weight(shape=channels, initializer='zeros', name='moving_mean',
+                                           trainable=False, aggregation='mean')
         self.moving_variance = self.add_weight(shape=channels, initializer='ones',
-                                               name='moving_variance', trainable=False)
+                                               name='moving_variance', trainable=False,
+                                               aggregation='mean')
 
     def call(self, inputs, training=False):
         # Explicit float32: Keras autocasts variables of a layer called on its own under a mixed
         # policy even with autocast=False (inside a model the parent's scope prevents it).
         gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
         if training:
-            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+            replicas = distribute.several_replicas() if self.synchronized else None
+            if replicas is None:
+                outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                    inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+            else:
+                outputs, mean, variance = self._synchronized_batch_norm(inputs, gamma, beta,
+                                                                        replicas)
             decay = 1.0 - self.momentum
             self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
             self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
@@ -69,24 +84,41 @@ class FusedBatchNormalization(layers.Layer):
             is_training=False)
         return outputs
 
+    def _synchronized_batch_norm(self, inputs, gamma, beta, replicas):
+        """(outputs, mean, Bessel-corrected variance) with moments of every replica's batch.
+
+        Two passes (mean, then squared deviations) for the same accuracy as the fused kernel.
+        """
+        x = tf.cast(inputs, tf.float32)
+        axes = [0, 1, 2]
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]) * replicas.num_replicas_in_sync,
+                        tf.float32)
+        sum_op = tf.distribute.ReduceOp.SUM
+        mean = replicas.all_reduce(sum_op, tf.reduce_sum(x, axes)) / count
+        variance = replicas.all_reduce(sum_op, tf.reduce_sum(tf.square(x - mean), axes)) / count
+        outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma, self.epsilon)
+        return (tf.cast(outputs, inputs.dtype), mean,
+                variance * count / tf.maximum(count - 1.0, 1.0))
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), 'momentum': self.momentum, 'epsilon': self.epsilon}
+        return {**super().get_config(), 'momentum': self.momentum, 'epsilon': self.epsilon,
+                'synchronized': self.synchronized}
 
 
-def _bn_relu(x, momentum):
-    x = FusedBatchNormalization(momentum=momentum, epsilon=1e-3)(x)
+def _bn_relu(x, bn):
+    x = FusedBatchNormalization(epsilon=1e-3, **bn)(x)
     return layers.LeakyReLU(negative_slope=0.1)(x)
 
 
-def _residual(x0, filters, bn_momentum, stride=1, activate_before_residual=False):
-    x = _bn_relu(x0, bn_momentum)
+def _residual(x0, filters, bn, stride=1, activate_before_residual=False):
+    x = _bn_relu(x0, bn)
     if activate_before_residual:
         x0 = x
     x = _conv(filters, 3, stride)(x)
-    x = _bn_relu(x, bn_momentum)
+    x = _bn_relu(x, bn)
     x = _conv(filters, 3)(x)
     if x0.shape[-1] != filters:
         x0 = _conv(filters, 1, stride)(x0)
@@ -99,7 +131,7 @@ def default_scales(image_size):
 
 
 def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, bn_momentum=0.999,
-                  name='network'):
+                  sync_bn=0, name='network'):
     """Builds a Keras model mapping images in [-1, 1] to ``{'embedding': ..., <head>: logits}``.
 
     Args:
@@ -109,18 +141,21 @@ def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, bn_mo
       filters, scales, repeat: width, number of stages (0 = ``default_scales``) and blocks per stage.
       bn_momentum: batch-norm moving-average momentum; FixMatch's 0.999 suits runs of 10^5+
         steps, a short run needs less (e.g. 0.99) or its evaluation uses stale statistics.
+      sync_bn: 1 to normalise with the moments of all replicas' batches (see
+        ``FusedBatchNormalization``); no effect on one device.
     """
     if arch not in ARCHITECTURES:
         raise DC3Error(f'unknown --arch {arch!r}; choose one of {", ".join(ARCHITECTURES)}')
     scales = scales or default_scales(image_size)
+    bn = {'momentum': bn_momentum, 'synchronized': bool(sync_bn)}
     inputs = keras.Input((image_size, image_size, 3), name='image')
     y = _conv(16, 3)(inputs)
     for scale in range(scales):
-        y = _residual(y, filters << scale, bn_momentum, stride=2 if scale else 1,
+        y = _residual(y, filters << scale, bn, stride=2 if scale else 1,
                       activate_before_residual=scale == 0)
         for _ in range(repeat - 1):
-            y = _residual(y, filters << scale, bn_momentum)
-    y = _bn_relu(y, bn_momentum)
+            y = _residual(y, filters << scale, bn)
+    y = _bn_relu(y, bn)
     # Heads and embedding stay float32 under mixed precision: losses need full-precision logits.
     embedding = layers.GlobalAveragePooling2D(name='embedding', dtype='float32')(y)
     outputs = {'embedding': embedding}

@@ -19,15 +19,12 @@ import pandas as pd
 import tensorflow as tf
 import tqdm
 
-from libml import data, io_utils, losses, metrics, models
+from libml import data, distribute, io_utils, losses, metrics, models
 from libml.dc3 import AMBIGUITY_HEAD, OVERCLUSTER_HEAD, DC3Config
 from libml.errors import DC3Error
 from libml.models import CLASS_HEAD
+from libml.run_args import OPERATIONAL_KEYS
 
-# Keys of args.json that may change between runs in the same folder: they do not change the
-# optimisation (how often to report or save, which checkpoint to evaluate, where runs live).
-OPERATIONAL_KEYS = ('report_kimg', 'save_kimg', 'keep_ckpt', 'eval_ckpt', 'train_dir',
-                    'nan_policy', 'eval_batch', 'deterministic')
 MAX_CONSECUTIVE_SKIPS = 10
 
 
@@ -38,13 +35,18 @@ class ModelConfig:
     scales: int = 0             # 0: FixMatch's rule, log2(image size) - 2
     repeat: int = 4
     bn_momentum: float = 0.999  # FixMatch's; short runs want ~0.99 (see models.build_network)
+    sync_bn: int = 0            # 1: batch-norm moments over all replicas (see models)
+
+    def __post_init__(self):
+        if self.sync_bn not in (0, 1):
+            raise DC3Error(f'--sync_bn must be 0 or 1, got {self.sync_bn}')
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     train_dir: str
     dataset: str                # FixMatch-style name, e.g. 'cifar10n.1@-1-10'
-    batch: int = 64
+    batch: int = 64             # labeled images per replica; the global batch is batch x replicas
     uratio: int = 1
     lr: float = 0.03
     wd: float = 0.0005
@@ -60,6 +62,7 @@ class TrainConfig:
     nan_policy: str = 'stop'    # 'stop': exit non-zero; 'skip': rewind to the last checkpoint
     eval_batch: int = 256
     deterministic: int = 0      # 1: TF op determinism (bit-identical reruns on the same machine)
+    strategy: str = 'default'   # tf.distribute strategy: 'default' (one device) or 'mirrored'
 
     def __post_init__(self):
         checks = [
@@ -74,6 +77,9 @@ class TrainConfig:
             (self.keep_ckpt >= 1, f'--keep_ckpt must be >= 1, got {self.keep_ckpt}'),
             (self.nan_policy in ('stop', 'skip'),
              f'--nan_policy must be stop or skip, got {self.nan_policy!r}'),
+            (self.strategy in distribute.STRATEGIES,
+             f'--strategy must be one of {", ".join(distribute.STRATEGIES)}, '
+             f'got {self.strategy!r}'),
         ]
         for ok, message in checks:
             if not ok:
@@ -135,6 +141,11 @@ class SSLMethod:
 
     Subclasses set ``unlabeled_views`` (0, 1 or 2 augmented views of each unlabeled image) and
     implement ``method_losses``. Their hyperparameters arrive as keyword arguments (``hparams``).
+
+    Under ``--strategy mirrored`` every variable is mirrored on each replica; a step runs the loss
+    and the optimiser update on every replica (``strategy.run``), each on its slice of the global
+    batch, and the EMA update once afterwards. Training length, reports and the progress bar count
+    images of the global batch.
     """
     unlabeled_views = 0
     method_name = None  # set by subclasses' class creation below; DC3 keeps the method's name
@@ -167,23 +178,26 @@ class SSLMethod:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(train.seed)
 
-        self.images_per_step = train.batch
-        self.total_steps = max(1, math.ceil(train.train_kimg * 1024 / train.batch))
+        self.strategy = distribute.make_strategy(train.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.global_batch = train.batch * self.replicas
+        self.total_steps = max(1, math.ceil(train.train_kimg * 1024 / self.global_batch))
         self.class_weights = dataset.class_weights if train.use_weighted_xe else None
         heads = self.heads()
         build = dict(arch=model.arch, image_size=dataset.image_size, heads=heads,
                      filters=model.filters, scales=model.scales, repeat=model.repeat,
-                     bn_momentum=model.bn_momentum)
-        self.model = models.build_network(name='model', **build)
-        self.ema_model = models.build_network(name='ema_model', **build)
-        for ema_var, var in zip(self.ema_model.variables, self.model.variables):
-            ema_var.assign(var)
+                     bn_momentum=model.bn_momentum, sync_bn=model.sync_bn)
         self.schedule = CosineDecay(train.lr, self.total_steps)
-        optimizer = keras.optimizers.SGD(self.schedule, momentum=0.9, nesterov=True)
-        if self.precision == 'mixed_float16':
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        self.optimizer = optimizer
-        self.optimizer.build(self.model.trainable_variables)
+        with self.strategy.scope():  # mirrored variables, and the optimiser's all-reduce
+            self.model = models.build_network(name='model', **build)
+            self.ema_model = models.build_network(name='ema_model', **build)
+            for ema_var, var in zip(self.ema_model.variables, self.model.variables):
+                ema_var.assign(var)
+            optimizer = keras.optimizers.SGD(self.schedule, momentum=0.9, nesterov=True)
+            if self.precision == 'mixed_float16':
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            self.optimizer.build(self.model.trainable_variables)
         self.checkpoint = tf.train.Checkpoint(model=self.model, ema_model=self.ema_model,
                                               optimizer=self.optimizer)
         self._train_step = tf.function(self.train_step)
@@ -249,16 +263,26 @@ class SSLMethod:
         return total, monitors
 
     def train_step(self, batch):
-        """One optimisation step and EMA update; returns the loss monitors."""
+        """One optimisation step on every replica, then the EMA update; returns the monitors
+        averaged over replicas (each replica's are means over its equal share of the batch)."""
+        monitors = self.strategy.run(self.replica_step, args=(batch,))
+        self.update_ema()  # in cross-replica context: reads and writes every mirrored copy
+        return {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+                for name, value in monitors.items()}
+
+    def replica_step(self, batch):
+        """Loss, gradients and optimiser update on one replica's slice of the batch."""
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             total, monitors = self.loss(batch)
-            scaled = (self.optimizer.scale_loss(total)
-                      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-                      else total)
+            # Keras' optimiser sums the replicas' gradients (an all-reduce in apply_gradients):
+            # each replica contributes its mean divided by their number, so the sum is the
+            # gradient of the global batch's mean.
+            scaled = total / self.replicas
+            if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+                scaled = self.optimizer.scale_loss(scaled)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
-        self.update_ema()
         return monitors
 
     def update_ema(self):
@@ -274,24 +298,33 @@ class SSLMethod:
             ema_var.assign(decay * ema_var + (1.0 - decay) * var)
 
     def input_config(self, seed):
-        return data.InputConfig(batch=self.train_config.batch, uratio=self.train_config.uratio,
+        """Global batches; ``train_batches`` splits them between the replicas."""
+        return data.InputConfig(batch=self.global_batch, uratio=self.train_config.uratio,
                                 unlabeled_views=self.unlabeled_views, augment=self.augment,
                                 labeled_size=self.labeled_size, seed=seed)
+
+    def train_batches(self, seed):
+        """Iterator over training batches, each split into one slice per replica."""
+        inputs = data.train_inputs(self.dataset, self.input_config(seed))
+        return iter(self.strategy.experimental_distribute_dataset(inputs))
 
     def hyperparameters(self):
         """Everything that defines the run, flat, for args.json and the run folder name."""
         return {'method': self.method_name, 'dataset_name': self.dataset.name,
                 'dataset_seed': self.dataset.seed, 'labeled_size': self.labeled_size,
+                'replicas': self.replicas,
                 **dataclasses.asdict(self.train_config), **dataclasses.asdict(self.model_config),
                 **dataclasses.asdict(self.dc3), **self.hparams}
 
     def run_dir(self):
         """``<train_dir>/<dataset>/<Method>_<key hyperparameters>_<hash of all of them>``."""
-        args = {k: v for k, v in self.hyperparameters().items() if k not in OPERATIONAL_KEYS}
+        args = {k: v for k, v in self.hyperparameters().items()
+                if k not in OPERATIONAL_KEYS}
         digest = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:8]
+        replicas = f'x{self.replicas}' if self.replicas > 1 else ''
         short = (f'co{self.dc3.combined_output}_wol{self.dc3.wol:g}_wou{self.dc3.wou:g}'
                  f'_pA{self.dc3.prior_fuzzy_distribution:g}_f{self.model_config.filters}'
-                 f'_lr{self.train_config.lr:g}_b{self.train_config.batch}')
+                 f'_lr{self.train_config.lr:g}_b{self.train_config.batch}{replicas}')
         return os.path.join(self.train_config.train_dir, self.train_config.dataset,
                             f'{self.method_name}_{short}_{digest}')
 
@@ -321,17 +354,18 @@ class SSLMethod:
             print(f'Resumed from {manager.latest_checkpoint}', file=sys.stderr)
         step = int(self.optimizer.iterations.numpy())
         writer = tf.summary.create_file_writer(os.path.join(run_dir, 'tb'))
-        report_every = max(1, round(cfg.report_kimg * 1024 / cfg.batch))
-        save_every = max(1, round(cfg.save_kimg * 1024 / cfg.batch))
-        log_every = max(1, min(report_every, round(1024 / cfg.batch)))
+        batch = self.global_batch
+        report_every = max(1, round(cfg.report_kimg * 1024 / batch))
+        save_every = max(1, round(cfg.save_kimg * 1024 / batch))
+        log_every = max(1, min(report_every, round(1024 / batch)))
         eval_sets = self._eval_datasets()
 
         # After a resume the data order is re-seeded from the step: restoring tf.data's shuffle
         # buffer would write a copy of the dataset into every checkpoint.
         keras.utils.set_random_seed(cfg.seed + step)
-        iterator = iter(data.train_inputs(self.dataset, self.input_config(cfg.seed + step)))
+        iterator = self.train_batches(cfg.seed + step)
         sums, count, skips = {}, 0, 0
-        bar = tqdm.tqdm(total=self.total_steps * cfg.batch, initial=step * cfg.batch, unit='img',
+        bar = tqdm.tqdm(total=self.total_steps * batch, initial=step * batch, unit='img',
                         unit_scale=True, dynamic_ncols=True, file=sys.stderr,
                         mininterval=1 if sys.stderr.isatty() else 30, desc=os.path.basename(run_dir))
         start = time.time()
@@ -342,14 +376,14 @@ class SSLMethod:
                 continue
             skips = 0
             step += 1
-            bar.update(cfg.batch)
+            bar.update(batch)
             for name, value in monitors.items():
                 sums[name] = sums.get(name, 0.0) + value
             count += 1
             if step % log_every == 0 or step == self.total_steps:
                 means = {name: float(total.numpy()) / count for name, total in sums.items()}
-                means['monitors/img_per_sec'] = count * cfg.batch / (time.time() - start)
-                with writer.as_default(step=step * cfg.batch):
+                means['monitors/img_per_sec'] = count * batch / (time.time() - start)
+                with writer.as_default(step=step * batch):
                     for name, value in means.items():
                         tf.summary.scalar(name, value)
                 bar.set_postfix(loss=f'{means["losses/total"]:.3f}')
@@ -410,7 +444,7 @@ class SSLMethod:
 
     def report(self, out_dir, step, eval_sets, writer=None, embeddings=False):
         """Evaluates raw and EMA weights on every split; writes metrics, CSVs and summaries."""
-        images = step * self.train_config.batch
+        images = step * self.global_batch
         report_dir = os.path.join(out_dir, 'reports', f'img{images:010d}')
         result = {'images': images, 'kimg': images / 1024, 'step': step, 'splits': {}}
         predictions = {}

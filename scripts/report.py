@@ -28,13 +28,9 @@ if __name__ == '__main__':
 
 from libml import io_utils
 from libml.errors import DC3Error
+from libml.run_args import OPERATIONAL_KEYS
 
 FLAGS = flags.FLAGS
-# Keys of args.json that only say how a run was operated (where it lives, how often it reported
-# or saved); the training loop may rewrite them on resume (mirrors libml/train.py's list, which
-# cannot be imported here without TensorFlow).
-OPERATIONAL_KEYS = ('report_kimg', 'save_kimg', 'keep_ckpt', 'eval_ckpt', 'train_dir',
-                    'nan_policy', 'eval_batch')
 # Keys of args.json that vary between the members of one run group.
 PER_RUN_KEYS = ('dataset', 'dataset_seed', 'seed') + OPERATIONAL_KEYS
 # (column prefix, metric key) of the values the tables show.

@@ -45,8 +45,10 @@ def tiny_data_dir(tmp_path_factory):
     return data_dir
 
 
-def make_method(method_cls, data_dir, train_dir, dc3_config=None, hparams=None, **train_kwargs):
-    """A tiny method instance (4 filters, 2 stages, 1 block) on the tiny dataset."""
+def make_method(method_cls, data_dir, train_dir, dc3_config=None, hparams=None, model=None,
+                **train_kwargs):
+    """A tiny method instance (4 filters, 2 stages, 1 block, unless ``model`` says otherwise) on
+    the tiny dataset."""
     info = records.load_dataset_info(data_dir, 'tiny', 1)
     dc3_config = dc3_config or dc3.DC3Config(combined_output=0, wou=0, wol=0)
     settings = dict(train_dir=str(train_dir), dataset='tiny.1@-1-10', batch=8, uratio=2,
@@ -55,4 +57,5 @@ def make_method(method_cls, data_dir, train_dir, dc3_config=None, hparams=None, 
     settings.update(train_kwargs)
     cls = dc3.with_dc3(method_cls) if dc3_config.enabled else method_cls
     return cls(info, -1, train.TrainConfig(**settings),
-               train.ModelConfig(filters=4, scales=2, repeat=1), dc3_config, **(hparams or {}))
+               train.ModelConfig(**{'filters': 4, 'scales': 2, 'repeat': 1, **(model or {})}),
+               dc3_config, **(hparams or {}))

@@ -1,0 +1,9 @@
+"""Which keys of a run's args.json define the run (TensorFlow-free, so scripts/report.py can use it).
+
+Operational keys may change between invocations of the same run folder: they say how a run is
+operated (where it lives, how often it reports or saves, which checkpoint to evaluate), not what
+it optimises. ``strategy`` is one of them because what it changes is recorded apart: ``replicas``
+(the global batch and the pools of CE^-1 partners) and ``sync_bn``.
+"""
+OPERATIONAL_KEYS = ('report_kimg', 'save_kimg', 'keep_ckpt', 'eval_ckpt', 'train_dir',
+                    'nan_policy', 'eval_batch', 'deterministic', 'strategy')
