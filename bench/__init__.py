@@ -1,0 +1,123 @@
+"""Benchmarks of the project's real training step, input pipeline and memory (not part of training).
+
+Shared helpers: a random dataset written through the project's record schema, the five methods
+built in-process without flags, and a description of the machine for the result files.
+"""
+import datetime
+import importlib
+import importlib.metadata
+import os
+import platform
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+DATASET = 'benchrand'
+SEED = 1
+NUM_CLASSES = 10
+COUNTS = {'train': 256, 'unlabeled': 512, 'val': 64}
+
+# method name -> (module, class, hyperparameters = the scripts' flag defaults, augment default)
+METHODS = {
+    'fully_supervised': ('fully_supervised', 'FullySupervised', {}, 'd.d.d'),
+    'pi_model': ('pi_model', 'PiModel', {'consistency_weight': 10.0, 'warmup_pos': 0.4}, 'd.d.d'),
+    'mean_teacher': ('mean_teacher', 'MeanTeacher',
+                     {'consistency_weight': 50.0, 'warmup_pos': 0.4}, 'd.d.d'),
+    'pseudo_label': ('pseudo_label', 'PseudoLabel',
+                     {'consistency_weight': 1.0, 'threshold': 0.95, 'warmup_pos': 0.4}, 'd.d.d'),
+    'fixmatch': ('fixmatch', 'FixMatch', {'wu': 1.0, 'confidence': 0.95}, 'd.d.rac'),
+}
+
+
+def write_random_dataset(data_dir, size=32, counts=None, name=DATASET, seed=SEED,
+                         num_classes=NUM_CLASSES):
+    """Random uint8 images with random labels in the project's record format; returns its info.
+
+    Every third image gets a soft label (0.6 / 0.4) so the data has the schema's full shape. The
+    content is noise: only speed and memory are measured on it.
+    """
+    from libml import records
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, n in (counts or COUNTS).items():
+        labels = rng.integers(0, num_classes, n)
+        soft = np.eye(num_classes)[labels]
+        ambiguous = np.arange(n) % 3 == 0
+        soft[ambiguous] = (0.6 * soft[ambiguous]
+                           + 0.4 * np.eye(num_classes)[(labels[ambiguous] + 1) % num_classes])
+        splits[split] = (rng.integers(0, 256, (n, size, size, 3), np.uint8), labels, soft)
+    return records.write_arrays(data_dir, name, seed, [f'c{i}' for i in range(num_classes)],
+                                splits, source='random')
+
+
+def method_class(name):
+    module, cls, _, _ = METHODS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_method(name, info, train_dir, dc3=False, mixed_precision=0, filters=32, repeat=4,
+                scales=0, batch=64, uratio=1, augment=None):
+    """One method built as its script builds it, with DC3 composed in when ``dc3``.
+
+    ``dc3=False`` is the vanilla baseline ``DC3Config(combined_output=0, wou=0, wol=0)``;
+    ``dc3=True`` is DC3 with its defaults.
+    """
+    from libml import dc3 as dc3_lib
+    from libml import train
+    _, _, hparams, default_augment = METHODS[name]
+    config = dc3_lib.DC3Config() if dc3 else dc3_lib.DC3Config(combined_output=0, wou=0, wol=0)
+    cls = method_class(name)
+    cls = dc3_lib.with_dc3(cls) if config.enabled else cls
+    train_config = train.TrainConfig(
+        train_dir=str(train_dir), dataset=f'{info.name}.{info.seed}@-1-10', batch=batch,
+        uratio=uratio, augment=augment or default_augment, mixed_precision=mixed_precision)
+    model_config = train.ModelConfig(filters=filters, scales=scales, repeat=repeat)
+    return cls(info, -1, train_config, model_config, config, **hparams)
+
+
+def images_per_step(method):
+    """(images through the network per step, labeled images per step).
+
+    Images through the network = labeled + unlabeled x views (one forward and backward pass each).
+    Mean Teacher's extra teacher forward pass on one unlabeled view is not counted.
+    """
+    cfg = method.train_config
+    unlabeled = cfg.batch * cfg.uratio * method.unlabeled_views
+    return cfg.batch + unlabeled, cfg.batch
+
+
+def machine_info():
+    """CPU model, core count, library versions and the date, for every result file."""
+    cpu = 'unknown'
+    flags = set()
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name') and cpu == 'unknown':
+                    cpu = line.split(':', 1)[1].strip()
+                elif line.startswith('flags') and not flags:
+                    flags = set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    versions = {}
+    for package in ('tensorflow', 'keras', 'numpy', 'torch'):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+        'cpu': cpu, 'cores': os.cpu_count(),
+        'isa': sorted(flags & {'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile'}),
+        'python': platform.python_version(), 'versions': versions,
+        'loadavg_at_start': os.getloadavg(),
+    }
+
+
+def median(values):
+    return float(np.median(np.asarray(values, dtype=np.float64)))
