@@ -126,7 +126,7 @@ def _residual(x0, filters, bn, stride=1, activate_before_residual=False):
 
 
 def default_scales(image_size):
-    """FixMatch's rule: log2(width) - 2 downscalings (3 for 32 px, 5 for 96 px)."""
+    """FixMatch's rule: log2(width) - 2 downscalings (3 for 32 px, 4 for 96 px)."""
     return max(1, int(math.log2(image_size)) - 2)
 
 
