@@ -24,6 +24,8 @@ import time
 
 import bench
 
+from libml import io_utils
+
 # name -> (unlabeled views, augment, uratio, the method whose step consumes it)
 PIPELINES = {
     'labeled_d': (0, 'd.d.d', 1, 'fully_supervised'),
@@ -175,9 +177,7 @@ def main(argv=None):
     result = {'rows': rows, 'end_to_end': e2e, 'target': 'pipeline_over_step >= 3',
               'command': 'python -m bench.input_pipeline ' + ' '.join(sys.argv[1:]),
               'machine': machine, 'args': vars(args), 'wall_s': time.time() - start}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w', encoding='utf-8') as f:
-        json.dump(result, f, indent=1)
+    io_utils.write_json(args.out, result)  # atomic: no half-written results
     print(f'wrote {args.out} ({time.time() - start:.0f} s)')
 
 

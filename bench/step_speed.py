@@ -16,13 +16,14 @@ labeled + unlabeled x views (Mean Teacher's extra teacher forward pass is not co
 """
 import argparse
 import gc
-import json
 import os
 import sys
 import tempfile
 import time
 
 import bench
+
+from libml import io_utils
 
 ALL_ROWS = [('fully_supervised', 1), ('pi_model', 1), ('mean_teacher', 1), ('pseudo_label', 1),
             ('fixmatch', 1), ('fixmatch', 7)]
@@ -331,9 +332,7 @@ def main(argv=None):
                    'machine': machine, 'args': vars(args), 'wall_s': time.time() - start,
                    'img_per_s_definition': 'images through the network per step (labeled + '
                    'unlabeled x views; Mean Teacher teacher pass not counted) / median step time'})
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w', encoding='utf-8') as f:
-        json.dump(result, f, indent=1)
+    io_utils.write_json(args.out, result)  # atomic: no half-written results
     print(f'wrote {args.out} ({time.time() - start:.0f} s)')
 
 

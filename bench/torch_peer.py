@@ -34,6 +34,8 @@ if __package__ in (None, ''):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench  # noqa: E402
 
+from libml import io_utils
+
 NUM_CLASSES = 10
 CONFIGS = {  # --vs_tf rows: (method, uratio)
     'mean_teacher': ('mean_teacher', 1),
@@ -362,9 +364,7 @@ def main(argv=None):
                                   'img_per_s': images / median, 'step_times_s': times}}
     result.update({'command': 'python -m bench.torch_peer ' + ' '.join(sys.argv[1:]),
                    'machine': machine, 'args': vars(args)})
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w', encoding='utf-8') as f:
-        json.dump(result, f, indent=1)
+    io_utils.write_json(args.out, result)  # atomic: no half-written results
     print(f'wrote {args.out}')
 
 
