@@ -63,6 +63,9 @@ flags.DEFINE_integer('use_soft_prob', 1, '0: round the p_a loss weights to {0, 1
 flags.DEFINE_integer('use_loss_rescale', 0, '1: rescale the weights by B / sum(weights).')
 flags.DEFINE_float('prior_fuzzy_distribution', 0.6, 'p_A: expected share of ambiguous images.')
 flags.DEFINE_integer('overcluster_factor', 5, 'Overclustering head size k\' = factor * k.')
+flags.DEFINE_enum('ambiguity_rank', 'p_a', list(dc3.AMBIGUITY_RANKS),
+                  'What L_A\'s batch ranking sorts by: p_a (the paper) or the classifier\'s '
+                  'uncertainty 1 - max p_n (ours; makes p_a predict ambiguity, see README).')
 
 
 def configs():
@@ -82,7 +85,7 @@ def configs():
         ws=FLAGS.ws, ceinv_labels=FLAGS.ceinv_labels, prob_gradient=FLAGS.prob_gradient,
         use_soft_prob=FLAGS.use_soft_prob, use_loss_rescale=FLAGS.use_loss_rescale,
         prior_fuzzy_distribution=FLAGS.prior_fuzzy_distribution,
-        overcluster_factor=FLAGS.overcluster_factor)
+        overcluster_factor=FLAGS.overcluster_factor, ambiguity_rank=FLAGS.ambiguity_rank)
     return train_config, model_config, dc3_config
 
 

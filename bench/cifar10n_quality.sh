@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # DC3's quality on real multi-annotator data at a budget a 2-core CPU affords (BENCHMARKS.md).
 # Needs CIFAR-10N imported first:  ./generate_datasets.sh --cifar10n ../shared/data/CIFAR10N
-# Runs Mean Teacher vanilla vs +DC3 for seeds 1-3 first, then the Table 4 ablation variants, and
-# writes the tables to experiments/cifar10n/ablation_cifar10n/. Resumable: rerun to continue.
+# Runs Mean Teacher vanilla vs +DC3 for seeds 1-3 first, then the Table 4 ablation variants, then
+# DC3 with --ambiguity_rank uncertainty (ours), and writes the tables to
+# experiments/cifar10n/tables/. Resumable: rerun to continue.
 #   METHODS=mean_teacher,fixmatch TRAIN_KIMG=64 bench/cifar10n_quality.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 METHODS="${METHODS:-mean_teacher}"
 EXTRA="--filters 32 --train_kimg ${TRAIN_KIMG:-24} --report_kimg 8 --save_kimg 8 --bn_momentum 0.99"
 EXTRA="$EXTRA --mixed_precision 1 --use_weighted_xe 1"
-for variants in baseline,dc3 ceinv,cc,dc3_prior; do
+for variants in baseline,dc3 ceinv,cc,dc3_prior dc3_uncertainty; do
   for seed in 1 2 3; do
     "$PYTHON" scripts/run_ablation.py --dataset_name cifar10n --seeds "$seed" --methods "$METHODS" \
       --variants "$variants" --train_dir experiments/cifar10n --extra "$EXTRA"

@@ -9,7 +9,9 @@ losses. Per image, with ``w = stop_gradient(p_a)`` by default:
 * ``CE^-1(p, q) = -sum_c p_c ln(1 - q_c)`` pushes the overcluster output of an image away from that
   of a partner image with a different (ground-truth or pseudo) label.
 * ``L_A`` is the binary cross-entropy of ``p_a`` against batch-rank pseudo-labels: the
-  ``floor(B_u p_A)`` unlabeled images with the highest ``p_a`` are called ambiguous.
+  ``floor(B_u p_A)`` unlabeled images with the highest ``p_a`` are called ambiguous. (Our option
+  ``ambiguity_rank='uncertainty'`` ranks by the classifier's uncertainty ``1 - max p_n`` instead;
+  see ``DC3Config.ambiguity_rank``.)
 * ``L_S`` is the cross-entropy between the overcluster outputs of two views of an unlabeled image.
 
 An image with ``p_a < 0.5`` is classified (``argmax p_n``), otherwise clustered (``argmax p_o``).
@@ -29,6 +31,7 @@ OVERCLUSTER_HEAD = 'overcluster_logits'
 AMBIGUITY_HEAD = 'ambiguity_logit'
 EPS = 1e-6
 CONFIDENCE = 0.95  # unlabeled CE^-1 terms count only for images whose max p_n reaches this
+AMBIGUITY_RANKS = ('p_a', 'uncertainty')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +48,13 @@ class DC3Config:
     use_loss_rescale: int = 0           # 1: rescale weights by B / sum(weights)
     prior_fuzzy_distribution: float = 0.6   # p_A, the expected share of ambiguous images
     overcluster_factor: int = 5         # k' = factor * k
+    # What L_A's batch ranking sorts by. 'p_a' (the paper, the original code and the spec): the
+    # head's own output, so L_A's only signal is p_a's earlier ranking; on our synthetic data the
+    # head then splits the images by class, not by ambiguity (BENCHMARKS.md, section 8).
+    # 'uncertainty' (our addition): 1 - max p_n, so p_a learns to predict which images the
+    # classifier is unsure of. The default stays the spec's, so the paper's command lines
+    # reproduce the paper.
+    ambiguity_rank: str = 'p_a'
 
     def __post_init__(self):
         if self.combined_output not in (0, 4):
@@ -56,6 +66,9 @@ class DC3Config:
         for name in ('wou', 'wol', 'wf', 'ws'):
             if getattr(self, name) < 0:
                 raise DC3Error(f'--{name} must be >= 0, got {getattr(self, name)}')
+        if self.ambiguity_rank not in AMBIGUITY_RANKS:
+            raise DC3Error(f'--ambiguity_rank must be one of {", ".join(AMBIGUITY_RANKS)}, '
+                           f'got {self.ambiguity_rank!r}')
         if self.overcluster_factor < 1:
             raise DC3Error(f'--overcluster_factor must be >= 1, got {self.overcluster_factor}')
         for name in ('ceinv_labels', 'prob_gradient', 'use_soft_prob', 'use_loss_rescale'):
@@ -123,12 +136,22 @@ def ambiguity_cutoff(batch_size, prior):
     return tf.minimum(tf.maximum(count, 1), batch_size - 1)
 
 
-def ambiguity_pseudo_labels(ambiguity_probs, prior):
-    """``h``: 1 for the ``ambiguity_cutoff`` images with the highest ``p_a``, else 0 (no gradient).
+def ambiguity_rank_scores(ambiguity_logits, class_logits, rank_by='p_a'):
+    """The per-image score L_A's ranking sorts by: ``p_a``, or ``1 - max p_n`` (no gradient)."""
+    if rank_by == 'uncertainty':
+        scores = 1.0 - tf.reduce_max(tf.nn.softmax(class_logits), axis=-1)
+    else:
+        scores = tf.sigmoid(ambiguity_logits)
+    return tf.stop_gradient(scores)
 
-    Ties are broken by position (stable sort), so the result is deterministic.
+
+def ambiguity_pseudo_labels(scores, prior):
+    """``h``: 1 for the ``ambiguity_cutoff`` images with the highest score, else 0 (no gradient).
+
+    The score is ``p_a`` in DC3 (see ``ambiguity_rank_scores``). Ties are broken by position
+    (stable sort), so the result is deterministic.
     """
-    probs = tf.stop_gradient(ambiguity_probs)
+    probs = tf.stop_gradient(scores)
     size = tf.shape(probs)[0]
     order = tf.argsort(probs, direction='DESCENDING', stable=True)
     rank = tf.scatter_nd(order[:, None], tf.range(size), [size])
@@ -246,8 +269,9 @@ class DC3Mixin:
             prior = cfg.prior_fuzzy_distribution
             # Ranked over the global batch, so that several replicas call the same images
             # ambiguous as one device would (each its own top share would not).
+            scores = ambiguity_rank_scores(logit, ranked[CLASS_HEAD], cfg.ambiguity_rank)
             targets = distribute.on_global_batch(lambda p: ambiguity_pseudo_labels(p, prior),
-                                                 tf.sigmoid(logit))
+                                                 scores)
             loss_a = tf.reduce_mean(ambiguity_loss(logit, targets))
             total += cfg.wf * loss_a
             cutoff = ambiguity_cutoff(distribute.global_batch_size(logit), prior)

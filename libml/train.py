@@ -189,8 +189,8 @@ class SSLMethod:
                      bn_momentum=model.bn_momentum, sync_bn=model.sync_bn)
         self.schedule = CosineDecay(train.lr, self.total_steps)
         with self.strategy.scope():  # mirrored variables, and the optimiser's all-reduce
-            self.model = models.build_network(name='model', **build)
-            self.ema_model = models.build_network(name='ema_model', **build)
+            self.model = self.build_network('model', **build)
+            self.ema_model = self.build_network('ema_model', **build)
             for ema_var, var in zip(self.ema_model.variables, self.model.variables):
                 ema_var.assign(var)
             optimizer = keras.optimizers.SGD(self.schedule, momentum=0.9, nesterov=True)
@@ -216,6 +216,17 @@ class SSLMethod:
     def heads(self):
         """Output heads of the network: name -> units. DC3 adds its two heads here."""
         return {CLASS_HEAD: self.num_classes}
+
+    def build_network(self, name, **build):
+        """The Keras model trained (``name='model'``) and its EMA copy (``'ema_model'``): a dict of
+        head outputs plus ``'embedding'``. A method with several sub-networks overrides this."""
+        return models.build_network(name=name, **build)
+
+    def method_metrics(self, split, pred, labeled_pred):
+        """Extra evaluation metrics of a method (name -> float or None) for one split and model;
+        ``labeled_pred`` is the same model's predictions on the labeled split (``train``)."""
+        del split, pred, labeled_pred
+        return {}
 
     def method_losses(self, batch, outputs, progress):
         """The method's per-sample losses as ``LossTerms``; ``progress`` runs from 0 to 1."""
@@ -447,14 +458,17 @@ class SSLMethod:
         images = step * self.global_batch
         report_dir = os.path.join(out_dir, 'reports', f'img{images:010d}')
         result = {'images': images, 'kimg': images / 1024, 'step': step, 'splits': {}}
-        predictions = {}
-        for split, dataset in eval_sets.items():
+        predictions, labeled = {}, {}
+        for split, dataset in eval_sets.items():  # 'train' (the labeled images) comes first
             result['splits'][split] = {}
             for which in ('ema', 'raw'):
                 pred = self.predict(dataset, which)
-                result['splits'][split][which] = metrics.split_metrics(
-                    pred['label'], pred['soft_label'], pred['probs'], cluster_ids(pred),
-                    pred.get('ambiguity'))
+                if split == 'train':
+                    labeled[which] = pred
+                result['splits'][split][which] = {
+                    **metrics.split_metrics(pred['label'], pred['soft_label'], pred['probs'],
+                                            cluster_ids(pred), pred.get('ambiguity')),
+                    **self.method_metrics(split, pred, labeled.get(which))}
                 if which == 'ema':
                     predictions[split] = pred
         if writer is not None:

@@ -38,7 +38,7 @@ TABLE_METRICS = (('F1', 'f1_certain'), ('d', 'inner_distance'), ('d-F1', 'd_minu
                  ('ambiguous %', 'ambiguous_share'))
 MISSING = '—'
 # Hyperparameters that define the variant (so its label already shows them).
-VARIANT_KEYS = ('combined_output', 'wou', 'wol', 'prior_fuzzy_distribution')
+VARIANT_KEYS = ('combined_output', 'wou', 'wol', 'prior_fuzzy_distribution', 'ambiguity_rank')
 VARIANT_ORDER = ('Baseline', '+CE⁻¹', '+CC', '+DC3')  # the rows of paper Table 4
 
 
@@ -96,7 +96,9 @@ def variant_of(args):
     if combined == 4:
         if not uses_ceinv:
             return '+CC'
-        return f'+DC3 (p_A={float(args.get("prior_fuzzy_distribution", 0.6)):g})'
+        rank = args.get('ambiguity_rank', 'p_a')
+        rank = '' if rank == 'p_a' else f', L_A ranks {rank}'
+        return f'+DC3 (p_A={float(args.get("prior_fuzzy_distribution", 0.6)):g}{rank})'
     return f'combined_output={combined}'
 
 

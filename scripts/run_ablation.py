@@ -8,7 +8,8 @@
 Each run is one call of a method script at the repository root, one after the other; then the
 tables are written by ``scripts/report.py``'s code over the runs of this ablation. A run whose
 folder already holds its final report is skipped, so an interrupted ablation resumes where it
-stopped. ``dc3_prior`` uses the dataset's own ambiguous share (``--dataset_prior``, by default the
+stopped. ``dc3_uncertainty`` is DC3 with ``--ambiguity_rank uncertainty`` (ours, not the
+paper's). ``dc3_prior`` uses the dataset's own ambiguous share (``--dataset_prior``, by default the
 training pool's ``ambiguous_fraction`` in the first seed's meta.json, rounded to 2 decimals so all
 seeds share one value and therefore one run group).
 """
@@ -40,9 +41,14 @@ VARIANTS = {
     'cc': {'combined_output': 4, 'wou': 0, 'wol': 0},
     'dc3': {'combined_output': 4, 'wou': 10, 'wol': 10, 'prior_fuzzy_distribution': DEFAULT_PRIOR},
     'dc3_prior': None,  # dc3 with the dataset's own prior, filled in by variant_flags()
+    # Not in the paper: L_A ranks by the classifier's uncertainty (README, --ambiguity_rank).
+    'dc3_uncertainty': {'combined_output': 4, 'wou': 10, 'wol': 10,
+                        'prior_fuzzy_distribution': DEFAULT_PRIOR, 'ambiguity_rank': 'uncertainty'},
 }
+PAPER_VARIANTS = ('baseline', 'ceinv', 'cc', 'dc3', 'dc3_prior')  # Table 4; the default
 # Flags this script sets itself; --extra may not override them.
-CONTROLLED = {'dataset', 'train_dir', 'combined_output', 'wou', 'wol', 'prior_fuzzy_distribution'}
+CONTROLLED = {'dataset', 'train_dir', 'combined_output', 'wou', 'wol', 'prior_fuzzy_distribution',
+              'ambiguity_rank'}
 DATASET_SUFFIX = '@-1-10'  # all labeled images of the split, FixMatch-style name
 
 
@@ -50,7 +56,8 @@ def define_flags():
     flags.DEFINE_string('dataset_name', None, 'Dataset name, e.g. cifar10n.')
     flags.DEFINE_string('seeds', '1,2,3', 'Comma-separated dataset seeds.')
     flags.DEFINE_string('methods', ','.join(METHODS), 'Comma-separated method scripts.')
-    flags.DEFINE_string('variants', ','.join(VARIANTS), 'Comma-separated ablation variants.')
+    flags.DEFINE_string('variants', ','.join(PAPER_VARIANTS),
+                        f'Comma-separated ablation variants from {", ".join(VARIANTS)}.')
     flags.DEFINE_float('dataset_prior', None, 'p_A of dc3_prior (default: from meta.json).')
     flags.DEFINE_string('data_dir', None, 'Generated datasets (default: $ML_DATA or ./data).')
     flags.DEFINE_string('train_dir', 'experiments', 'Where the method scripts write their runs.')

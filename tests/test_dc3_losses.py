@@ -91,6 +91,17 @@ def test_ambiguity_pseudo_labels_match_numpy(size, prior):
     assert 1 <= got.sum() <= size - 1  # both kinds exist
 
 
+def test_uncertainty_rank_scores_are_one_minus_the_top_class_probability():
+    logits = RNG.normal(size=(16, 5)).astype(np.float32) * 3
+    ambiguity_logits = RNG.normal(size=16).astype(np.float32)
+    got = dc3.ambiguity_rank_scores(tf.constant(ambiguity_logits), tf.constant(logits),
+                                    'uncertainty').numpy()
+    np.testing.assert_allclose(got, 1 - softmax(logits).max(axis=1), rtol=1e-5, atol=1e-6)
+    got = dc3.ambiguity_rank_scores(tf.constant(ambiguity_logits), tf.constant(logits),
+                                    'p_a').numpy()
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-ambiguity_logits)), rtol=1e-5)
+
+
 def test_ambiguity_pseudo_labels_batch_of_one_is_certain():
     assert dc3.ambiguity_pseudo_labels(tf.constant([0.9]), 0.6).numpy().tolist() == [0.0]
 
@@ -146,7 +157,7 @@ def test_rescale_with_all_weight_on_one_side_is_clipped():
 def test_config_rejects_invalid_values():
     for bad in (dict(combined_output=2), dict(prior_fuzzy_distribution=1.5),
                 dict(prior_fuzzy_distribution=-0.1), dict(wou=-1), dict(use_soft_prob=2),
-                dict(overcluster_factor=0)):
+                dict(overcluster_factor=0), dict(ambiguity_rank='entropy')):
         with pytest.raises(dc3.DC3Error):
             dc3.DC3Config(**bad)
 

@@ -44,12 +44,13 @@ def two_image_batch(rng, k=3, factor=5):
     return {'label': tf.constant([0, 2])}, outputs, labeled, views
 
 
-@pytest.mark.parametrize('has_ssl', [True, False])
-def test_combined_loss_matches_numpy(has_ssl):
+@pytest.mark.parametrize('has_ssl,rank_by', [(True, 'p_a'), (False, 'p_a'),
+                                             (True, 'uncertainty')])
+def test_combined_loss_matches_numpy(has_ssl, rank_by):
     rng = np.random.default_rng(1)
     batch, outputs, labeled, views = two_image_batch(rng)
     cfg = dc3.DC3Config(combined_output=4, wou=10, wol=7, wf=0.1, ws=0.3,
-                        prior_fuzzy_distribution=0.6)
+                        prior_fuzzy_distribution=0.6, ambiguity_rank=rank_by)
     xe, ssl = rng.uniform(size=2), rng.uniform(size=2)
     terms = train.LossTerms(labeled_xe=tf.constant(xe, tf.float32),
                             ssl=tf.constant(ssl, tf.float32) if has_ssl else None,
@@ -63,7 +64,11 @@ def test_combined_loss_matches_numpy(has_ssl):
     po_u, po_u2 = softmax(views[0][dc3.OVERCLUSTER_HEAD]), softmax(views[1][dc3.OVERCLUSTER_HEAD])
     confident = (softmax(views[0][CLASS_HEAD]).max(axis=1) >= 0.95).astype(float)
     swap = [1, 0]  # the only partner with another label
-    h = (pa_u == pa_u.max()).astype(float)  # floor(2 * 0.6) = 1 image called ambiguous
+    # floor(2 * 0.6) = 1 image is called ambiguous: the one with the higher p_a (image 0 here),
+    # or with the less confident classifier (image 1), so the two rankings disagree.
+    score = pa_u if rank_by == 'p_a' else 1 - softmax(views[0][CLASS_HEAD]).max(axis=1)
+    h = (score == score.max()).astype(float)
+    assert h.tolist() == ([1.0, 0.0] if rank_by == 'p_a' else [0.0, 1.0])
     bce = -(h * np.log(pa_u) + (1 - h) * np.log(1 - pa_u))
     if has_ssl:
         expected = xe.mean() + 2.5 * np.mean(ssl * (1 - pa_u))

@@ -237,3 +237,14 @@ def test_ablation_skips_finished_runs(tmp_path, capsys):
 def test_ablation_rejects_overriding_variant_flags():
     with pytest.raises(DC3Error, match='wou'):
         run_ablation.plan('cifar10n', [1], ['mean_teacher'], ['dc3'], 'exp', '--wou 3')
+
+
+def test_ablation_uncertainty_variant_passes_the_ranking_flag(tmp_path):
+    done = run_script('scripts/run_ablation.py', '--dataset_name', 'cifar10n', '--seeds', '1',
+                      '--methods', 'mean_teacher', '--variants', 'dc3,dc3_uncertainty',
+                      '--train_dir', str(tmp_path), '--dry_run')
+    assert done.returncode == 0, done.stderr
+    commands = [line for line in done.stdout.splitlines() if line.startswith('[')]
+    assert len(commands) == 2
+    assert '--ambiguity_rank=uncertainty' not in commands[0]
+    assert '--ambiguity_rank=uncertainty' in commands[1]
