@@ -1,12 +1,14 @@
 """Does the ambiguity head find the ambiguous images? Compares p_a with the known truth.
 
-For a run on the synthetic data (whose truth.csv records which images are blends of two classes),
-prints the AUROC of p_a against "is a blend", the same AUROC for the classifier's own uncertainty
+Prints the AUROC of p_a against the truth, the same AUROC for the classifier's own uncertainty
 1 - max p_n as a reference, and the mean p_a per predicted class (a head that splits by class
-instead of by ambiguity shows values near 0 and 1 here).
+instead of by ambiguity shows values near 0 and 1 here). The truth is "is a blend of two classes"
+from the synthetic data's truth.csv when --truth is given, else "the annotators disagree" (the
+image's soft label has no class at 1), which works for any multi-annotator dataset.
 
     python bench/ambiguity_check.py --run_dir experiments/demo/synthetic.1@-1-10/MeanTeacher_co4_... \
         --truth data/raw/Synthetic/truth.csv
+    python bench/ambiguity_check.py --run_dir experiments/cifar10n/cifar10n.1@-1-10/MeanTeacher_co4_...
 """
 import glob
 import os
@@ -20,7 +22,8 @@ from absl import app, flags  # noqa: E402
 from libml import metrics  # noqa: E402
 
 flags.DEFINE_string('run_dir', None, 'Run folder (with reports/).', required=True)
-flags.DEFINE_string('truth', 'data/raw/Synthetic/truth.csv', 'truth.csv of the synthetic data.')
+flags.DEFINE_string('truth', None, 'truth.csv of the synthetic data (default: the annotators '
+                    'disagree, from the soft labels).')
 flags.DEFINE_string('split', 'val', 'Split whose predictions to check.')
 FLAGS = flags.FLAGS
 
@@ -28,15 +31,19 @@ FLAGS = flags.FLAGS
 def main(_):
     report = sorted(glob.glob(os.path.join(FLAGS.run_dir, 'reports', 'img*')))[-1]
     pred = pd.read_csv(os.path.join(report, f'{FLAGS.split}.csv'))
-    truth = pd.read_csv(FLAGS.truth).set_index('image_path')
-    blended = truth.loc[pred['path'], 'alpha'].to_numpy() > 0
+    if FLAGS.truth:
+        truth = pd.read_csv(FLAGS.truth).set_index('image_path')
+        blended, kind = truth.loc[pred['path'], 'alpha'].to_numpy() > 0, 'blends'
+    else:
+        soft = pred[[c for c in pred if c.startswith('soft_')]].to_numpy()
+        blended, kind = soft.max(axis=1) < 1, 'ambiguous (annotators disagree)'
     probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
-    print(f'report {report}: {len(pred)} images, {blended.mean():.1%} blends')
+    print(f'report {report}: {len(pred)} images, {blended.mean():.1%} {kind}')
     if pred['ambiguity'].notna().any():
-        print(f'AUROC p_a vs blend:          {metrics.auroc(pred["ambiguity"], blended):.3f}')
+        print(f'AUROC p_a vs truth:          {metrics.auroc(pred["ambiguity"], blended):.3f}')
         per_class = pred.groupby(probs.argmax(axis=1))['ambiguity'].mean()
         print('mean p_a per predicted class: ' + ' '.join(f'{c}:{v:.2f}' for c, v in per_class.items()))
-    print(f'AUROC 1 - max p_n vs blend:  {metrics.auroc(1 - probs.max(axis=1), blended):.3f}')
+    print(f'AUROC 1 - max p_n vs truth:  {metrics.auroc(1 - probs.max(axis=1), blended):.3f}')
     return 0
 
 

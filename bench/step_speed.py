@@ -13,6 +13,7 @@ labeled + unlabeled x views (Mean Teacher's extra teacher forward pass is not co
     python -m bench.step_speed --quick               # Mean Teacher and FixMatch only, 3 steps
     python -m bench.step_speed --breakdown           # forward / backward / optimizer / EMA split
     python -m bench.step_speed --ab keras_bn         # experiment: Keras' batch norm instead
+    python -m bench.step_speed --profile --methods fixmatch --uratio 7   # time per op type
 """
 import argparse
 import gc
@@ -58,6 +59,11 @@ def parse_args(argv=None):
     p.add_argument('--breakdown', action='store_true',
                    help='instead of the matrix: time forward, loss+gradient, +optimizer, '
                         'full step, EMA alone and weight decay alone for the first method')
+    p.add_argument('--profile', action='store_true',
+                   help='instead of the matrix: trace --steps steps of the first method with the '
+                        'TensorFlow profiler and print the time per op type (self time, summed '
+                        'over threads) and its share, per precision')
+    p.add_argument('--top', type=int, default=15, help='op types listed by --profile')
     p.add_argument('--quick', action='store_true',
                    help='smaller matrix: mean_teacher and fixmatch (uratio 1 and 7), 3 steps')
     p.add_argument('--data_dir', default=None, help='reuse/write the random dataset here')
@@ -244,71 +250,151 @@ def run_ab(args, tmp, info):
 
 def run_breakdown(args, tmp, info):
     """Times the parts of one method's step, interleaved: where does the time go?"""
+    name = args.methods.split(',')[0]
+    return {'breakdown': [breakdown_one(args, name, precision, tmp, info)
+                          for precision in args.precisions.split(',')]}
+
+
+def single_variant(args):
+    """--breakdown and --profile look at one variant: DC3 only if it alone is asked for."""
+    variants = args.variants.split(',')
+    return 'dc3' in variants and 'vanilla' not in variants
+
+
+def breakdown_one(args, name, precision, tmp, info):
     import tensorflow as tf
 
     from libml import losses
+    method = build(args, name, args.uratio, single_variant(args), precision, tmp, info)
+    variables = method.model.trainable_variables
+
+    def forward(batch):
+        outputs = method.forward(batch)
+        return tf.add_n([tf.reduce_sum(v) for v in outputs.labeled.values()])
+
+    def loss(batch):
+        return method.loss(batch)[0]
+
+    def loss_and_gradient(batch):
+        with tf.GradientTape() as tape:
+            total = method.loss(batch)[0]
+        grads = tape.gradient(total, variables)
+        return total + 0.0 * tf.add_n([tf.reduce_sum(g[..., :1]) for g in grads])
+
+    def without_ema(batch):
+        with tf.GradientTape() as tape:
+            total = method.loss(batch)[0]
+        method.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        return total
+
+    def ema_only(batch):
+        method.update_ema()
+        return tf.constant(0.0)
+
+    def weight_decay_only(batch):
+        return losses.l2_regularization(variables)
+
+    parts = {'forward (student)': forward, 'loss (all forwards + losses + wd)': loss,
+             'loss + gradient': loss_and_gradient, '+ optimizer (no EMA)': without_ema,
+             'full _train_step': None, 'EMA update alone': ema_only,
+             'weight decay term alone': weight_decay_only}
+    fns = {k: (method._train_step if f is None else tf.function(f)) for k, f in parts.items()}
+    batches = prefetch(method, info)
+    for fn in fns.values():
+        for i in range(1 + args.warmup):
+            timed(fn, batches[i % len(batches)])
+    times, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+    for i in range(args.steps):
+        for k, fn in fns.items():
+            wall, cpu_s = timed(fn, batches[i % len(batches)])
+            times[k].append(wall)
+            cpu[k].append(cpu_s)
+    images, _ = bench.images_per_step(method)
+    print(f'{name} u{args.uratio} {precision} ({method.precision}), {images} images/step: '
+          'median wall / best wall / median CPU', flush=True)
+    for k, t in times.items():
+        print(f'  {k:36s} {1000 * bench.median(t):8.1f} / {1000 * min(t):8.1f} / '
+              f'{1000 * bench.median(cpu[k]):8.1f} ms', flush=True)
+    return {'method': name, 'precision': precision, 'images_per_step': images,
+            'median_s': {k: bench.median(t) for k, t in times.items()},
+            'best_s': {k: min(t) for k, t in times.items()},
+            'median_cpu_s': {k: bench.median(t) for k, t in cpu.items()},
+            'times_s': times, 'cpu_s': cpu}
+
+
+def op_self_times(xplane_path):
+    """Self time (seconds) per TensorFlow op type in a profiler trace, summed over threads.
+
+    Op executions appear on the host plane's executor threads as events named ``<op>:<type>``;
+    a function-call op contains the ops it runs, so each event's time minus that of the op
+    events nested in it (on the same thread) is its self time.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    space = xplane_pb2.XSpace()
+    with open(xplane_path, 'rb') as f:
+        space.ParseFromString(f.read())
+    totals = {}
+    for plane in space.planes:
+        if not plane.name.startswith('/host:CPU'):
+            continue
+        for line in plane.lines:
+            events = []
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ':' in name and '::' not in name and ' ' not in name:
+                    events.append((event.offset_ps, event.offset_ps + event.duration_ps,
+                                   name.rsplit(':', 1)[1]))
+            events.sort(key=lambda e: (e[0], -e[1]))  # an enclosing event before its children
+            stack = []  # open events: [end, op type, duration, time of the op events inside]
+            for start, end, op_type in events:
+                while stack and stack[-1][0] <= start:
+                    _close_event(stack, totals)
+                stack.append([end, op_type, end - start, 0])
+            while stack:
+                _close_event(stack, totals)
+    return {op_type: ps * 1e-12 for op_type, ps in totals.items()}
+
+
+def _close_event(stack, totals):
+    """Pops the innermost open event: adds its self time, and its time to its parent's nested."""
+    _, op_type, duration, nested = stack.pop()
+    totals[op_type] = totals.get(op_type, 0) + duration - nested
+    if stack:
+        stack[-1][3] += duration
+
+
+def run_profile(args, tmp, info):
+    """The first method's step under the TensorFlow profiler: time per op type."""
+    import glob
+
+    import tensorflow as tf
     name = args.methods.split(',')[0]
     out = []
     for precision in args.precisions.split(','):
-        method = build(args, name, args.uratio, 'dc3' in args.variants.split(',')
-                       and 'vanilla' not in args.variants.split(','), precision, tmp, info)
-        variables = method.model.trainable_variables
-
-        def forward(batch):
-            outputs = method.forward(batch)
-            return tf.add_n([tf.reduce_sum(v) for v in outputs.labeled.values()])
-
-        def loss(batch):
-            return method.loss(batch)[0]
-
-        def loss_and_gradient(batch):
-            with tf.GradientTape() as tape:
-                total = method.loss(batch)[0]
-            grads = tape.gradient(total, variables)
-            return total + 0.0 * tf.add_n([tf.reduce_sum(g[..., :1]) for g in grads])
-
-        def without_ema(batch):
-            with tf.GradientTape() as tape:
-                total = method.loss(batch)[0]
-            method.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
-            return total
-
-        def ema_only(batch):
-            method.update_ema()
-            return tf.constant(0.0)
-
-        def weight_decay_only(batch):
-            return losses.l2_regularization(variables)
-
-        parts = {'forward (student)': forward, 'loss (all forwards + losses + wd)': loss,
-                 'loss + gradient': loss_and_gradient, '+ optimizer (no EMA)': without_ema,
-                 'full _train_step': None, 'EMA update alone': ema_only,
-                 'weight decay term alone': weight_decay_only}
-        fns = {k: (method._train_step if f is None else tf.function(f)) for k, f in parts.items()}
+        method = build(args, name, args.uratio, single_variant(args), precision, tmp, info)
         batches = prefetch(method, info)
-        for fn in fns.values():
-            for i in range(1 + args.warmup):
-                timed(fn, batches[i % len(batches)])
-        times, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+        for i in range(1 + args.warmup):
+            timed(method._train_step, batches[i % len(batches)])
+        logdir = os.path.join(tmp, f'profile_{precision}')
+        tf.profiler.experimental.start(logdir)
         for i in range(args.steps):
-            for k, fn in fns.items():
-                wall, cpu_s = timed(fn, batches[i % len(batches)])
-                times[k].append(wall)
-                cpu[k].append(cpu_s)
-        images, _ = bench.images_per_step(method)
-        print(f'{name} u{args.uratio} {precision} ({method.precision}), {images} images/step: '
-              'median wall / best wall / median CPU', flush=True)
-        for k, t in times.items():
-            print(f'  {k:36s} {1000 * bench.median(t):8.1f} / {1000 * min(t):8.1f} / '
-                  f'{1000 * bench.median(cpu[k]):8.1f} ms', flush=True)
-        out.append({'method': name, 'precision': precision, 'images_per_step': images,
-                    'median_s': {k: bench.median(t) for k, t in times.items()},
-                    'best_s': {k: min(t) for k, t in times.items()},
-                    'median_cpu_s': {k: bench.median(t) for k, t in cpu.items()},
-                    'times_s': times, 'cpu_s': cpu})
-        del method, fns, batches
+            timed(method._train_step, batches[i % len(batches)])
+        tf.profiler.experimental.stop()
+        traces = glob.glob(os.path.join(logdir, 'plugins', 'profile', '*', '*.xplane.pb'))
+        per_type = {k: v / args.steps for k, v in op_self_times(sorted(traces)[-1]).items()}
+        total = sum(per_type.values())
+        ranked = sorted(per_type.items(), key=lambda kv: -kv[1])
+        print(f'{name} u{args.uratio} {precision} ({method.precision}): op self time per step '
+              f'{1000 * total:.1f} ms (summed over threads)', flush=True)
+        for op_type, seconds in ranked[:args.top]:
+            print(f'  {op_type:40s} {1000 * seconds:8.2f} ms  {100 * seconds / total:5.1f} %',
+                  flush=True)
+        out.append({'method': name, 'uratio': args.uratio, 'precision': precision,
+                    'policy': method.precision, 'op_self_s_per_step': dict(ranked),
+                    'total_s_per_step': total})
+        del method, batches
         gc.collect()
-    return {'breakdown': out}
+    return {'profile': out}
 
 
 def main(argv=None):
@@ -326,6 +412,8 @@ def main(argv=None):
             result = run_ab(args, tmp, info)
         elif args.breakdown:
             result = run_breakdown(args, tmp, info)
+        elif args.profile:
+            result = run_profile(args, tmp, info)
         else:
             result = run_matrix(args, tmp, info)
     result.update({'command': 'python -m bench.step_speed ' + ' '.join(sys.argv[1:]),
