@@ -5,13 +5,18 @@
 # DC3 with --ambiguity_rank uncertainty (ours), and writes the tables to
 # experiments/cifar10n/tables/. Resumable: rerun to continue.
 #   METHODS=mean_teacher,fixmatch TRAIN_KIMG=64 bench/cifar10n_quality.sh
+# The other methods' Table 2 rows (vanilla and +DC3 only), as run for BENCHMARKS.md:
+#   METHODS=fully_supervised,pseudo_label,pi_model VARIANT_GROUPS=baseline,dc3 bench/cifar10n_quality.sh
+#   METHODS=fixmatch VARIANT_GROUPS=baseline,dc3 EXTRA_FLAGS="--uratio 1" bench/cifar10n_quality.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 METHODS="${METHODS:-mean_teacher}"
 EXTRA="--filters 32 --train_kimg ${TRAIN_KIMG:-24} --report_kimg 8 --save_kimg 8 --bn_momentum 0.99"
-EXTRA="$EXTRA --mixed_precision 1 --use_weighted_xe 1"
-for variants in baseline,dc3 ceinv,cc,dc3_prior dc3_uncertainty; do
+EXTRA="$EXTRA --mixed_precision 1 --use_weighted_xe 1 ${EXTRA_FLAGS:-}"
+# Groups of variants, run for all seeds one group after the other.
+VARIANT_GROUPS="${VARIANT_GROUPS:-baseline,dc3 ceinv,cc,dc3_prior dc3_uncertainty}"
+for variants in $VARIANT_GROUPS; do
   for seed in 1 2 3; do
     "$PYTHON" scripts/run_ablation.py --dataset_name cifar10n --seeds "$seed" --methods "$METHODS" \
       --variants "$variants" --train_dir experiments/cifar10n --extra "$EXTRA"

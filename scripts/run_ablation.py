@@ -33,7 +33,8 @@ from scripts import report as report_lib
 FLAGS = flags.FLAGS
 # Method script -> the method name its runs record in args.json.
 METHODS = {'fully_supervised': 'FullySupervised', 'pi_model': 'PiModel',
-           'mean_teacher': 'MeanTeacher', 'pseudo_label': 'PseudoLabel', 'fixmatch': 'FixMatch'}
+           'mean_teacher': 'MeanTeacher', 'pseudo_label': 'PseudoLabel', 'fixmatch': 'FixMatch',
+           'dnll': 'DNLL'}
 DEFAULT_PRIOR = 0.6
 VARIANTS = {
     'baseline': {'combined_output': 0, 'wou': 0, 'wol': 0},
@@ -55,7 +56,9 @@ DATASET_SUFFIX = '@-1-10'  # all labeled images of the split, FixMatch-style nam
 def define_flags():
     flags.DEFINE_string('dataset_name', None, 'Dataset name, e.g. cifar10n.')
     flags.DEFINE_string('seeds', '1,2,3', 'Comma-separated dataset seeds.')
-    flags.DEFINE_string('methods', ','.join(METHODS), 'Comma-separated method scripts.')
+    flags.DEFINE_string('methods', ','.join(m for m in METHODS if m != 'dnll'),
+                        f'Comma-separated method scripts from {", ".join(METHODS)} (default: '
+                        'the paper\'s five).')
     flags.DEFINE_string('variants', ','.join(PAPER_VARIANTS),
                         f'Comma-separated ablation variants from {", ".join(VARIANTS)}.')
     flags.DEFINE_float('dataset_prior', None, 'p_A of dc3_prior (default: from meta.json).')
