@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+import dnll
 import fixmatch
 import mean_teacher
 from libml import dc3
@@ -34,7 +35,20 @@ CASES = {
     'dc3': (mean_teacher.MeanTeacher, {'consistency_weight': 50.0, 'warmup_pos': 0.4},
             dc3.DC3Config(combined_output=4, wou=0, wol=0, use_loss_rescale=1, prob_gradient=1,
                           prior_fuzzy_distribution=PRIOR)),
+    # Two sub-networks in one model, roles swapping by step; threshold 1 so that negatives are
+    # named from the first step on, and k - 1 = 3 of them so that the choice depends only on the
+    # top class: with 2 of 4, two nearly equal low probabilities of an untrained network can
+    # swap order between the runs' float noise and name another class (seen: B's weights then
+    # differ by 1e-4).
+    'dnll': (dnll.DNLL, {'consistency_weight': 50.0, 'warmup_pos': 0.0, 'negative_weight': 1.0,
+                         'num_negatives': 3, 'negative_threshold': 1.0},
+             dc3.DC3Config(combined_output=0, wou=0, wol=0)),
 }
+
+
+# Absolute tolerance of the weights per case (relative: 1e-4). DNLL trains two networks through
+# one shared loss; after its three steps single elements near zero differed by up to 3e-6.
+WEIGHT_ATOL = {'vanilla': 1e-6, 'dc3': 1e-6, 'dnll': 1e-5}
 
 
 def build(case, work_dir, strategy):
