@@ -8,11 +8,14 @@
 Each run is one call of a method script at the repository root, one after the other; then the
 tables are written by ``scripts/report.py``'s code over the runs of this ablation. A run whose
 folder already holds its final report is skipped, so an interrupted ablation resumes where it
-stopped. ``dc3_uncertainty`` is DC3 with ``--ambiguity_rank uncertainty`` (ours, not the
-paper's). ``dc3_prior`` uses the dataset's own ambiguous share (``--dataset_prior``, by default the
+stopped; a folder counts as the run's only if its args.json records the same method, dataset and
+value of every flag, the flags the command leaves at their defaults included.
+``dc3_uncertainty`` is DC3 with ``--ambiguity_rank uncertainty`` (ours, not the paper's). ``dc3_prior`` uses the dataset's own ambiguous share (``--dataset_prior``, by default the
 training pool's ``ambiguous_fraction`` in the first seed's meta.json, rounded to 2 decimals so all
 seeds share one value and therefore one run group).
 """
+import functools
+import json
 import math
 import os
 import shlex
@@ -135,7 +138,7 @@ def plan(dataset_name, seeds, methods, variants, train_dir, extra, prior=None):
                           file=sys.stderr)
                     continue
                 seen.add(tuple(command))
-                runs.append({'method': METHODS[method], 'dataset': dataset, 'variant': variant,
+                runs.append({'script': method, 'method': METHODS[method], 'dataset': dataset, 'variant': variant,
                              'hparams': hparams, 'command': command})
     return runs
 
@@ -147,13 +150,41 @@ def _same(recorded, wanted):
         return str(recorded).lower() == str(wanted).lower()
 
 
-def matching_run(existing, run):
-    """The existing run folder whose args.json records this run's method, dataset and flags.
+@functools.lru_cache(maxsize=None)
+def method_flag_defaults(method):
+    """Every flag of a method script (``fixmatch``, ...) with its default, as the script sets them.
 
-    A flag that args.json does not record, or records as operational (report_kimg, ...), does
-    not name the run folder either, so it is ignored.
+    The scripts define their own flags and defaults under ``if __name__ == '__main__'``, so the
+    script is executed in a subprocess with ``absl.app.run`` replaced by a function that prints
+    the defaults instead of training (it imports TensorFlow: a few seconds per method, once per
+    process). Do not modify the returned dict: it is cached.
     """
-    identity = {k: v for k, v in run['hparams'].items() if k not in report_lib.OPERATIONAL_KEYS}
+    code = ('import json, runpy, sys\n'
+            'from absl import app, flags\n'
+            'def dump(main, argv=None):\n'
+            '    defaults = {name: flags.FLAGS[name].default for name in flags.FLAGS}\n'
+            '    print(json.dumps(defaults, default=str))\n'
+            'app.run = dump\n'
+            'runpy.run_path(sys.argv[1], run_name="__main__")\n')
+    done = subprocess.run([sys.executable, '-c', code, f'{method}.py'], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ['no output'])[-1]
+        raise DC3Error(f'could not read the flag defaults of {method}.py: {last}')
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def matching_run(existing, run, defaults):
+    """The existing run folder whose args.json records exactly this run's configuration.
+
+    ``defaults``: the method script's flag defaults (``method_flag_defaults``). The run's full
+    configuration is those defaults with the run's own flags on top, so a flag the run leaves at
+    its default must match too: a folder trained with ``--ambiguity_rank uncertainty`` is not the
+    ``dc3`` variant's run. Operational flags (report_kimg, ...) and flags that args.json does
+    not record are ignored.
+    """
+    wanted = {**defaults, **run['hparams'], 'dataset': run['dataset']}
+    identity = {k: v for k, v in wanted.items() if k not in report_lib.OPERATIONAL_KEYS}
     for run_dir, args in existing:
         if args.get('method') != run['method'] or args.get('dataset') != run['dataset']:
             continue
@@ -182,9 +213,16 @@ def run_ablation(dataset_name, seeds, methods, variants, train_dir, extra='', pr
         prior = dataset_prior_from_meta(data_dir, dataset_name, seeds[0])
     runs = plan(dataset_name, seeds, methods, variants, train_dir, extra, prior)
     existing = existing_runs(train_dir)
+
+    def find(run):
+        # The defaults cost a TensorFlow import: read them only where there is a run to match.
+        if not any(args.get('method') == run['method'] for _, args in existing):
+            return None
+        return matching_run(existing, run, method_flag_defaults(run['script']))
+
     for i, run in enumerate(runs, 1):
         line = shlex.join(run['command'])
-        found = matching_run(existing, run)
+        found = find(run)
         if found and is_finished(*found):
             print(f'# [{i}/{len(runs)}] skip, finished in {found[0]}: {line}')
             continue
@@ -199,7 +237,7 @@ def run_ablation(dataset_name, seeds, methods, variants, train_dir, extra='', pr
         print(f'# then: scripts/report.py over these runs --split val --out {report_out}')
         return runs
     existing = existing_runs(train_dir)
-    found = [matching_run(existing, run) for run in runs]
+    found = [find(run) for run in runs]
     run_dirs = sorted({f[0] for f in found if f})
     if not run_dirs:
         raise DC3Error(f'no run folder under {train_dir} records the flags of this ablation; '

@@ -217,21 +217,72 @@ def test_ablation_dry_run_prints_every_command(tmp_path):
     assert not train_dir.exists()  # a dry run trains nothing
 
 
-def test_ablation_skips_finished_runs(tmp_path, capsys):
-    train_dir = tmp_path / 'exp'
-    extra = '--filters 32'
-    make_run(train_dir, 1, {'filters': 32}, (.7, .6, 0., False), train_kimg=4)
-    stopped = make_run(train_dir, 2, {'filters': 32}, (.7, .6, 0., False), train_kimg=4)
-    # Seed 2's run stopped early: its last report (4 kimg) is before its train_kimg.
-    args = json.loads((stopped / 'args.json').read_text())
-    (stopped / 'args.json').write_text(json.dumps(dict(args, train_kimg=8)))
-    run_ablation.run_ablation('cifar10n', [1, 2], ['mean_teacher'], ['baseline', 'ceinv'],
-                              str(train_dir), extra, dry_run=True)
+@pytest.fixture(scope='module')
+def mean_teacher_defaults():
+    return run_ablation.method_flag_defaults('mean_teacher')
+
+
+def test_method_flag_defaults_include_the_scripts_own_flags(mean_teacher_defaults):
+    fixmatch = run_ablation.method_flag_defaults('fixmatch')
+    # Shared flags, flags defined by one script only, and defaults a script overrides.
+    assert mean_teacher_defaults['ambiguity_rank'] == 'p_a'
+    assert 'consistency_weight' in mean_teacher_defaults and 'confidence' not in mean_teacher_defaults
+    assert fixmatch['confidence'] == pytest.approx(0.95)
+    assert (mean_teacher_defaults['uratio'], fixmatch['uratio']) == (1, 7)
+
+
+def finished_run(train_dir, seed, overrides, train_kimg=4, reported_kimg=None):
+    """A fake finished Mean Teacher run with the script's defaults plus ``overrides``."""
+    run_dir = make_run(train_dir, seed, overrides, (.7, .6, 0., False), train_kimg=train_kimg)
+    defaults = run_ablation.method_flag_defaults('mean_teacher')
+    args = json.loads((run_dir / 'args.json').read_text())
+    # As the scripts record it: every flag, the training seed 0 of run_ablation's commands.
+    args = {**defaults, **args, 'seed': 0, 'train_kimg': reported_kimg or train_kimg,
+            **overrides}
+    (run_dir / 'args.json').write_text(json.dumps(args))
+    return run_dir
+
+
+def planned(capsys):
     lines = capsys.readouterr().out.splitlines()
-    skipped = [line for line in lines if line.startswith('# [')]
-    to_run = [line for line in lines if line.startswith('[')]
+    return ([line for line in lines if line.startswith('# [')],
+            [line for line in lines if line.startswith('[')])
+
+
+def test_ablation_skips_finished_runs(tmp_path, capsys, mean_teacher_defaults):
+    train_dir = tmp_path / 'exp'
+    baseline = {'combined_output': 0, 'wou': 0, 'wol': 0}
+    finished_run(train_dir, 1, baseline)
+    # Seed 2's run stopped early: its last report (4 kimg) is before its train_kimg (8).
+    finished_run(train_dir, 2, baseline, train_kimg=4, reported_kimg=8)
+    run_ablation.run_ablation('cifar10n', [1, 2], ['mean_teacher'], ['baseline', 'ceinv'],
+                              str(train_dir), '--filters 32 --train_kimg 8', dry_run=True)
+    skipped, to_run = planned(capsys)
+    assert to_run and not skipped  # train_kimg 8 is not what seed 1's run trained
+    run_ablation.run_ablation('cifar10n', [1, 2], ['mean_teacher'], ['baseline', 'ceinv'],
+                              str(train_dir), '--filters 32 --train_kimg 4', dry_run=True)
+    skipped, to_run = planned(capsys)
     assert len(skipped) == 1 and 'cifar10n.1@-1-10' in skipped[0] and '--wou=0' in skipped[0]
     assert len(to_run) == 3
+
+
+def test_ablation_does_not_take_a_run_with_another_default_for_its_own(tmp_path, capsys):
+    """A run differing only in a flag the variant leaves at its default is another run.
+
+    Regression: the ``dc3`` variant (default --ambiguity_rank p_a) once skipped as finished a
+    ``dc3_uncertainty`` run, because only the flags on the command line were compared.
+    """
+    train_dir = tmp_path / 'exp'
+    dc3 = {'combined_output': 4, 'wou': 10, 'wol': 10, 'prior_fuzzy_distribution': 0.6}
+    finished_run(train_dir, 1, {**dc3, 'ambiguity_rank': 'uncertainty'})
+    finished_run(train_dir, 2, {**dc3, 'wd': 0.001})
+    run_ablation.run_ablation('cifar10n', [1, 2], ['mean_teacher'], ['dc3', 'dc3_uncertainty'],
+                              str(train_dir), '--train_kimg 4', dry_run=True)
+    skipped, to_run = planned(capsys)
+    assert len(skipped) == 1 and 'cifar10n.1@-1-10' in skipped[0]
+    assert '--ambiguity_rank=uncertainty' in skipped[0]
+    assert len(to_run) == 3 and not any('cifar10n.1' in line and 'uncertainty' in line
+                                        for line in to_run)
 
 
 def test_ablation_rejects_overriding_variant_flags():
