@@ -10,9 +10,10 @@ tables are written by ``scripts/report.py``'s code over the runs of this ablatio
 folder already holds its final report is skipped, so an interrupted ablation resumes where it
 stopped; a folder counts as the run's only if its args.json records the same method, dataset and
 value of every flag, the flags the command leaves at their defaults included.
-``dc3_uncertainty`` is DC3 with ``--ambiguity_rank uncertainty`` (ours, not the paper's). ``dc3_prior`` uses the dataset's own ambiguous share (``--dataset_prior``, by default the
-training pool's ``ambiguous_fraction`` in the first seed's meta.json, rounded to 2 decimals so all
-seeds share one value and therefore one run group).
+``dc3_uncertainty`` is DC3 with ``--ambiguity_rank uncertainty`` (ours, not the paper's).
+``dc3_prior`` uses the dataset's own ambiguous share (``--dataset_prior``, by default the training
+pool's ``ambiguous_fraction`` in the first seed's meta.json, rounded to 2 decimals so all seeds
+share one value and therefore one run group).
 """
 import functools
 import json
@@ -138,8 +139,8 @@ def plan(dataset_name, seeds, methods, variants, train_dir, extra, prior=None):
                           file=sys.stderr)
                     continue
                 seen.add(tuple(command))
-                runs.append({'script': method, 'method': METHODS[method], 'dataset': dataset, 'variant': variant,
-                             'hparams': hparams, 'command': command})
+                runs.append({'script': method, 'method': METHODS[method], 'dataset': dataset,
+                             'variant': variant, 'hparams': hparams, 'command': command})
     return runs
 
 
@@ -168,10 +169,11 @@ def method_flag_defaults(method):
             'runpy.run_path(sys.argv[1], run_name="__main__")\n')
     done = subprocess.run([sys.executable, '-c', code, f'{method}.py'], cwd=REPO_ROOT,
                           capture_output=True, text=True, check=False)
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ['no output'])[-1]
+    printed = done.stdout.strip().splitlines()
+    if done.returncode or not printed:
+        last = (done.stderr.strip().splitlines() or ['it printed nothing'])[-1]
         raise DC3Error(f'could not read the flag defaults of {method}.py: {last}')
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(printed[-1])
 
 
 def matching_run(existing, run, defaults):

@@ -226,7 +226,8 @@ def test_method_flag_defaults_include_the_scripts_own_flags(mean_teacher_default
     fixmatch = run_ablation.method_flag_defaults('fixmatch')
     # Shared flags, flags defined by one script only, and defaults a script overrides.
     assert mean_teacher_defaults['ambiguity_rank'] == 'p_a'
-    assert 'consistency_weight' in mean_teacher_defaults and 'confidence' not in mean_teacher_defaults
+    assert 'consistency_weight' in mean_teacher_defaults
+    assert 'confidence' not in mean_teacher_defaults
     assert fixmatch['confidence'] == pytest.approx(0.95)
     assert (mean_teacher_defaults['uratio'], fixmatch['uratio']) == (1, 7)
 
@@ -249,7 +250,7 @@ def planned(capsys):
             [line for line in lines if line.startswith('[')])
 
 
-def test_ablation_skips_finished_runs(tmp_path, capsys, mean_teacher_defaults):
+def test_ablation_skips_finished_runs(tmp_path, capsys):
     train_dir = tmp_path / 'exp'
     baseline = {'combined_output': 0, 'wou': 0, 'wol': 0}
     finished_run(train_dir, 1, baseline)
