@@ -13,6 +13,7 @@ labeled + unlabeled x views (Mean Teacher's extra teacher forward pass is not co
     python -m bench.step_speed --quick               # Mean Teacher and FixMatch only, 3 steps
     python -m bench.step_speed --breakdown           # forward / backward / optimizer / EMA split
     python -m bench.step_speed --ab keras_bn         # experiment: Keras' batch norm instead
+    python -m bench.step_speed --ab fused_act        # experiment: BN + leaky ReLU as a C++ op
     python -m bench.step_speed --profile --methods fixmatch --uratio 7   # time per op type
 """
 import argparse
@@ -29,7 +30,7 @@ from libml import io_utils
 ALL_ROWS = [('fully_supervised', 1), ('pi_model', 1), ('mean_teacher', 1), ('pseudo_label', 1),
             ('fixmatch', 1), ('fixmatch', 7)]
 PRECISIONS = {'fp32': 0, 'bf16': 1}
-EXPERIMENTS = ('xla', 'keras_bn')  # --ab
+EXPERIMENTS = ('xla', 'keras_bn', 'fused_act')  # --ab
 
 
 def parse_args(argv=None):
@@ -51,7 +52,8 @@ def parse_args(argv=None):
                    help='instead of the matrix: the first method (vanilla) against a modified copy '
                         'of it, alternately: xla = the step compiled with jit_compile=True; '
                         'keras_bn = keras.layers.BatchNormalization instead of the project\'s '
-                        'fused batch norm (what the fused kernel gains)')
+                        'fused batch norm (what the fused kernel gains); fused_act = batch norm '
+                        'and leaky ReLU as one custom C++ op (bench/fused_op.py, needs g++)')
     p.add_argument('--intra_threads', type=int, default=0,
                    help='tf.config.threading intra-op threads (0: TF default); experiment')
     p.add_argument('--inter_threads', type=int, default=0,
@@ -201,15 +203,20 @@ def build_experiment(args, kind, precision, tmp, info):
         method = build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info)
         method._train_step = tf.function(method.train_step, jit_compile=True)
         return method
-    import keras
-    original = models.FusedBatchNormalization
-    # Only while this one method is built: libml.models looks the class up at build time.
-    models.FusedBatchNormalization = keras.layers.BatchNormalization
+    if kind == 'fused_act':
+        from bench import fused_op
+        fused_op.load()  # compile before timing starts
+        name, replacement = '_bn_relu', fused_op.bn_relu
+    else:
+        import keras
+        name, replacement = 'FusedBatchNormalization', keras.layers.BatchNormalization
+    original = getattr(models, name)
+    # Only while this one method is built: libml.models looks the name up at build time.
+    setattr(models, name, replacement)
     try:
         return build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info)
     finally:
-        models.FusedBatchNormalization = original
-
+        setattr(models, name, original)
 
 
 def run_ab(args, tmp, info):
