@@ -18,6 +18,7 @@
 // fixed split of the rows, so results do not depend on the thread count. The gradient's mask uses
 // the sign of z computed in float32 (z == +0 counts as positive), TensorFlow's that of the rounded
 // output: they differ only for |z| within rounding of zero.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
