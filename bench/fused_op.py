@@ -55,7 +55,9 @@ def build(compiler='g++'):
         done = subprocess.run([compiler, SOURCE, '-o', tmp] + flags + link,
                               capture_output=True, text=True)
         if done.returncode:
-            raise BuildError(f'compiling {SOURCE} failed:\n{done.stderr[-2000:]}')
+            errors = [line for line in done.stderr.splitlines() if 'error' in line]
+            first = errors[0].strip() if errors else f'{compiler} exited with {done.returncode}'
+            raise BuildError(f'compiling {SOURCE} failed: {first}')
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -78,8 +80,12 @@ def load():
     return ops
 
 
+@functools.lru_cache(maxsize=None)
 def bn_leaky_relu_layer():
-    """A ``FusedBatchNormalization`` that also applies leaky ReLU (slope 0.1), fused in training."""
+    """A ``FusedBatchNormalization`` that also applies leaky ReLU (slope 0.1), fused in training.
+
+    The class is defined on first use (it needs TensorFlow and libml) and then reused.
+    """
     import tensorflow as tf
 
     from libml import models

@@ -24,6 +24,7 @@ import tempfile
 import time
 
 import bench
+from bench import fused_op
 
 from libml import io_utils
 
@@ -204,7 +205,6 @@ def build_experiment(args, kind, precision, tmp, info):
         method._train_step = tf.function(method.train_step, jit_compile=True)
         return method
     if kind == 'fused_act':
-        from bench import fused_op
         fused_op.load()  # compile before timing starts
         name, replacement = '_bn_relu', fused_op.bn_relu
     else:
@@ -416,7 +416,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         info = dataset(args, tmp)
         if args.ab:
-            result = run_ab(args, tmp, info)
+            try:
+                result = run_ab(args, tmp, info)
+            except fused_op.BuildError as err:  # e.g. no compiler for --ab fused_act
+                sys.exit(f'step_speed: {err}')
         elif args.breakdown:
             result = run_breakdown(args, tmp, info)
         elif args.profile:

@@ -118,3 +118,18 @@ def test_layer_gradient_and_moving_statistics_match_the_projects_layers(ops):
 def test_bad_shapes_are_refused(ops):
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
         ops.batch_norm_leaky_relu(tf.zeros([4, 3]), tf.ones([2]), tf.zeros([2]))
+
+
+def test_a_failed_build_says_why_in_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    from bench import fused_op
+    broken = tmp_path / 'broken.cc'
+    broken.write_text('this is not C++;\n')
+    out = tmp_path / 'kernels'
+    monkeypatch.setattr(fused_op, 'SOURCE', str(broken))
+    monkeypatch.setattr(fused_op, 'BUILD_DIR', str(out))
+    with pytest.raises(fused_op.BuildError) as failed:
+        fused_op.build()
+    assert 'error' in str(failed.value) and '\n' not in str(failed.value)
+    assert list(out.iterdir()) == []  # the temporary library was removed
+    with pytest.raises(fused_op.BuildError, match='not found'):
+        fused_op.build(compiler='no-such-compiler')
