@@ -119,5 +119,36 @@ def machine_info():
     }
 
 
+# Op groups for comparing profiles across frameworks. A name is lower-cased and stripped of '_'
+# before matching, so TF's `_MklNativeConv2DBackpropFilter` and PyTorch's
+# `aten::convolution_backward` both land in 'convolution'. First match wins.
+OP_GROUPS = (
+    ('convolution', lambda key: 'conv' in key),
+    ('batch norm', lambda key: 'batchnorm' in key),
+    ('leaky ReLU', lambda key: 'leakyrelu' in key),
+    # Residual adds and gradient sums; not `aten::addmm` (a matmul) nor `AssignAddVariableOp`.
+    ('adds', lambda key: key in ('add', 'addv2', 'addn', 'aten::add')),
+)
+
+
+def op_groups(per_op):
+    """{op name: seconds} from a profiler -> {group: seconds}, groups of OP_GROUPS plus 'other'."""
+    groups = dict.fromkeys([name for name, _ in OP_GROUPS] + ['other'], 0.0)
+    for op, seconds in per_op.items():
+        key = op.lower().replace('_', '')
+        group = next((name for name, match in OP_GROUPS if match(key)), 'other')
+        groups[group] += seconds
+    return groups
+
+
+def print_op_groups(per_op, indent='  '):
+    groups = op_groups(per_op)
+    total = sum(groups.values())
+    for name, seconds in groups.items():
+        print(f'{indent}{name:14s} {1000 * seconds:9.1f} ms  {100 * seconds / total:5.1f} %',
+              flush=True)
+    return groups
+
+
 def median(values):
     return float(np.median(np.asarray(values, dtype=np.float64)))

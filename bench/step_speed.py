@@ -396,9 +396,11 @@ def run_profile(args, tmp, info):
         for op_type, seconds in ranked[:args.top]:
             print(f'  {op_type:40s} {1000 * seconds:8.2f} ms  {100 * seconds / total:5.1f} %',
                   flush=True)
+        print('  by group (as python -m bench.torch_peer --profile groups PyTorch\'s ops):')
+        groups = bench.print_op_groups(per_type, indent='    ')
         out.append({'method': name, 'uratio': args.uratio, 'precision': precision,
                     'policy': method.precision, 'op_self_s_per_step': dict(ranked),
-                    'total_s_per_step': total})
+                    'group_self_s_per_step': groups, 'total_s_per_step': total})
         del method, batches
         gc.collect()
     return {'profile': out}

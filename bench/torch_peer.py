@@ -18,10 +18,16 @@ to a partner of another label, batch-rank ambiguity loss, overcluster consistenc
 
     python -m bench.torch_peer --method mean_teacher --precision bf16      # torch alone
     python -m bench.torch_peer --vs_tf                                     # TF / torch ratios
+    python -m bench.torch_peer --method fixmatch --uratio 7 --precision bf16 --profile --steps 3
 
 ``--vs_tf`` starts one TF worker (the project's real ``method._train_step``) and one torch worker
 as subprocesses, so the two frameworks never share thread pools, and runs blocks of steps
 alternately (TF, torch, torch, TF, ...); the idle worker waits on its input pipe.
+
+``--profile`` (torch alone) traces ``--steps`` steps with torch.profiler and prints the self CPU
+time per op and per op group (bench.OP_GROUPS), the grouping ``bench.step_speed --profile`` prints
+for TensorFlow, so the two splits of the same step can be set side by side. The profiler adds a
+little time per op; compare shares and large differences, not the last few percent.
 """
 import argparse
 import json
@@ -311,6 +317,42 @@ def versus_tf(args):
     return results
 
 
+def profile_torch(args):
+    """Self CPU time per op type and per op group of --steps torch steps, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step, images = build_torch(args)
+    for i in range(args.warmup):
+        step(i)
+    plain, traced = [], []
+    for i in range(args.steps):
+        start = time.perf_counter()
+        step(i)
+        plain.append(time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(args.steps):
+            start = time.perf_counter()
+            step(i)
+            traced.append(time.perf_counter() - start)
+    per_op = {}
+    for event in prof.key_averages():  # microseconds, summed over the traced steps
+        seconds = event.self_cpu_time_total * 1e-6 / args.steps
+        per_op[event.key] = per_op.get(event.key, 0.0) + seconds
+    total = sum(per_op.values())
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])
+    print(f'torch {args.method} u{args.uratio} {args.precision}: op self CPU time per step '
+          f'{1000 * total:.1f} ms; step wall time {1000 * bench.median(plain):.0f} ms without '
+          f'the profiler, {1000 * bench.median(traced):.0f} ms with it (medians)', flush=True)
+    for op, seconds in ranked[:args.top]:
+        print(f'  {op[:60]:60s} {1000 * seconds:8.2f} ms  {100 * seconds / total:5.1f} %')
+    print('  by group:')
+    groups = bench.print_op_groups(per_op, indent='    ')
+    return {'method': args.method, 'uratio': args.uratio, 'precision': args.precision,
+            'dc3': args.dc3, 'images_per_step': images, 'op_self_s_per_step': dict(ranked),
+            'group_self_s_per_step': groups, 'total_s_per_step': total,
+            'step_s_without_profiler': plain, 'step_s_with_profiler': traced}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--vs_tf', action='store_true',
@@ -330,6 +372,9 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
     p.add_argument('--steps', type=int, default=10, help='torch alone: timed steps')
     p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--profile', action='store_true',
+                   help='torch alone: self CPU time per op and op group under torch.profiler')
+    p.add_argument('--top', type=int, default=12, help='--profile: ops listed')
     p.add_argument('--worker', choices=['tf', 'torch'], help=argparse.SUPPRESS)
     p.add_argument('--out', default=os.path.join('bench', 'out', 'torch_peer.json'))
     return p.parse_args(argv)
@@ -346,6 +391,8 @@ def main(argv=None):
           f"{machine['date']}", flush=True)
     if args.vs_tf:
         result = {'vs_tf': versus_tf(args)}
+    elif args.profile:
+        result = {'torch_profile': profile_torch(args)}
     else:
         step, images = build_torch(args)
         for i in range(args.warmup):
