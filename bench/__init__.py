@@ -150,5 +150,20 @@ def print_op_groups(per_op, indent='  '):
     return groups
 
 
+def banner_with_torch(machine):
+    """The first line of the scripts that compare against PyTorch."""
+    versions = machine['versions']
+    print(f"{machine['cpu']}, {machine['cores']} cores, tensorflow {versions['tensorflow']}, "
+          f"torch {versions['torch']}, {machine['date']}", flush=True)
+
+
+def require_torch(prog):
+    """Exits with one line when the benchmark-only PyTorch is missing."""
+    import importlib.util
+    if importlib.util.find_spec('torch') is None:
+        sys.exit(f'{prog}: PyTorch is not installed (benchmark-only); '
+                 'pip install -r bench/requirements.txt')
+
+
 def median(values):
     return float(np.median(np.asarray(values, dtype=np.float64)))

@@ -175,8 +175,9 @@ def run_worker(args, kind, precision):
     env = dict(os.environ, ONEDNN_VERBOSE='1')
     proc = subprocess.run(cmd, cwd=bench.ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-        raise SystemExit(f'conv_ops: the {kind} worker failed ({tail})')
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SystemExit(f'conv_ops: the {kind} worker failed: '
+                         f'{lines[-1] if lines else f"exit code {proc.returncode}"}')
     return parse_worker_output(proc.stdout)
 
 
@@ -222,10 +223,9 @@ def main(argv=None):
     for precision in args.precisions.split(','):
         if precision not in ('bf16', 'fp32'):
             raise SystemExit(f'conv_ops: unknown precision {precision!r}; use bf16 and/or fp32')
+    bench.require_torch('conv_ops')
     machine = bench.machine_info()
-    print(f"{machine['cpu']}, {machine['cores']} cores, tensorflow "
-          f"{machine['versions']['tensorflow']}, torch {machine['versions']['torch']}, "
-          f"{machine['date']}", flush=True)
+    bench.banner_with_torch(machine)
     start = time.time()
     rows = []
     for precision in args.precisions.split(','):

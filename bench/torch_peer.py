@@ -317,6 +317,16 @@ def versus_tf(args):
     return results
 
 
+def step_times(step, count):
+    """Wall seconds of `count` calls step(0), step(1), ..."""
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def profile_torch(args):
     """Self CPU time per op type and per op group of --steps torch steps, per step."""
     from torch.profiler import ProfilerActivity, profile
@@ -324,16 +334,9 @@ def profile_torch(args):
     step, images = build_torch(args)
     for i in range(args.warmup):
         step(i)
-    plain, traced = [], []
-    for i in range(args.steps):
-        start = time.perf_counter()
-        step(i)
-        plain.append(time.perf_counter() - start)
+    plain = step_times(step, args.steps)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for i in range(args.steps):
-            start = time.perf_counter()
-            step(i)
-            traced.append(time.perf_counter() - start)
+        traced = step_times(step, args.steps)
     per_op = {}
     for event in prof.key_averages():  # microseconds, summed over the traced steps
         seconds = event.self_cpu_time_total * 1e-6 / args.steps
@@ -385,10 +388,9 @@ def main(argv=None):
     if args.worker:
         serve(args)
         return
+    bench.require_torch('torch_peer')
     machine = bench.machine_info()
-    print(f"{machine['cpu']}, {machine['cores']} cores, tensorflow "
-          f"{machine['versions']['tensorflow']}, torch {machine['versions']['torch']}, "
-          f"{machine['date']}", flush=True)
+    bench.banner_with_torch(machine)
     if args.vs_tf:
         result = {'vs_tf': versus_tf(args)}
     elif args.profile:
@@ -397,11 +399,7 @@ def main(argv=None):
         step, images = build_torch(args)
         for i in range(args.warmup):
             step(i)
-        times = []
-        for i in range(args.steps):
-            start = time.perf_counter()
-            step(i)
-            times.append(time.perf_counter() - start)
+        times = step_times(step, args.steps)
         median = bench.median(times)
         print(f'torch {args.method} u{args.uratio} {args.precision} dc3={args.dc3}: '
               f'{1000 * median:.0f} ms/step, {images / median:.1f} img/s ({images} images/step)')
