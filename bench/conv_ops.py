@@ -14,10 +14,17 @@ subprocess, alternately (TF, torch, torch, TF, ...), so their thread pools never
 
     python -m bench.conv_ops                       # bf16 and fp32, 2 rounds
     python -m bench.conv_ops --precisions bf16 --rounds 4
+    python -m bench.conv_ops --threads 1           # one thread in both frameworks
+    python -m bench.conv_ops --torch_site DIR      # another PyTorch build, from pip install --target DIR
+
+Each worker also reports the oneDNN version its framework bundles and the threading runtime oneDNN
+runs on (TensorFlow: its own thread pool; PyTorch: OpenMP), from oneDNN's own info lines.
 """
 import argparse
 import json
+import importlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -40,7 +47,11 @@ def parse_args(argv=None):
     p.add_argument('--repeats', type=int, default=10, help='timed calls per case and round')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--rounds', type=int, default=2, help='alternations of the two frameworks')
-    p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
+    p.add_argument('--threads', type=int, default=2,
+                   help="threads per framework: torch.set_num_threads and TensorFlow's intra-op pool")
+    p.add_argument('--torch_site', default=None,
+                   help='run the PyTorch worker with this directory first on PYTHONPATH, e.g. '
+                        'another PyTorch installed with pip install --target DIR torch==VERSION')
     p.add_argument('--worker', choices=['tf', 'torch'], help=argparse.SUPPRESS)
     p.add_argument('--precision', default='bf16', help=argparse.SUPPRESS)
     p.add_argument('--out', default=os.path.join('bench', 'out', 'conv_ops.json'))
@@ -64,6 +75,7 @@ def stages(text):
 
 def tf_cases(args, size, channels):
     import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     dtype = tf.bfloat16 if args.precision == 'bf16' else tf.float32
     x = tf.cast(tf.random.normal([args.batch, size, size, channels]), dtype)
     w = tf.cast(tf.random.normal([3, 3, channels, channels]), dtype)
@@ -124,6 +136,7 @@ def serve(args):
         print(f'MARK {text}', flush=True)
 
     build = tf_cases if args.worker == 'tf' else torch_cases
+    framework = importlib.import_module('tensorflow' if args.worker == 'tf' else 'torch')
     times = {}
     for size, channels in stages(args.stages):
         for name, call in build(args, size, channels).items():
@@ -138,22 +151,33 @@ def serve(args):
                 runs.append(time.perf_counter() - start)
             times[f'{size}x{channels} {name}'] = runs
     mark('skip')
-    print('RESULT ' + json.dumps(times), flush=True)
+    print('RESULT ' + json.dumps({'version': framework.__version__, 'times': times}), flush=True)
 
 
 def parse_worker_output(text):
-    """(call times, oneDNN kernels) from a worker's stdout.
+    """(call times, oneDNN kernels, library info) from a worker's stdout.
 
     The kernels map each case to {"implementation (pass[, attributes])": [kernel seconds]} for
     the convolution primitives oneDNN executed while the case was being timed (reorders are
-    ignored).
+    ignored). The info holds the framework's version and, from oneDNN's info lines, the oneDNN
+    version, its CPU threading runtime and its thread count.
     """
-    case, kernels, times = None, {}, None
+    case, kernels, times, info = None, {}, None, {}
     for line in text.splitlines():
         if line.startswith('MARK '):
             case = line[5:].strip()
         elif line.startswith('RESULT '):
-            times = json.loads(line[7:])
+            result = json.loads(line[7:])
+            times, info['version'] = result['times'], result['version']
+        elif line.startswith('onednn_verbose') and ',info,' in line:
+            # onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)
+            # onednn_verbose,v1,info,cpu,runtime:threadpool,nthr:2
+            version = re.search(r',info,oneDNN (v[0-9.]+)', line)
+            runtime = re.search(r',info,cpu,runtime:([^,]+),nthr:([0-9]+)', line)
+            if version:
+                info['onednn'] = version.group(1)
+            elif runtime:
+                info['runtime'], info['nthr'] = runtime.group(1), int(runtime.group(2))
         elif line.startswith('onednn_verbose') and ',exec,' in line and case != 'skip':
             # onednn_verbose,v1,primitive,exec,cpu,KIND,IMPL,PROP,memory,attrs,alg,problem,MS
             fields = line.split(',')
@@ -165,7 +189,7 @@ def parse_worker_output(text):
             kernels.setdefault(case, {}).setdefault(impl, []).append(float(fields[-1]) / 1000)
     if times is None:
         raise RuntimeError('worker printed no RESULT line')
-    return times, kernels
+    return times, kernels, info
 
 
 def run_worker(args, kind, precision):
@@ -173,6 +197,9 @@ def run_worker(args, kind, precision):
            '--batch', str(args.batch), '--stages', args.stages, '--repeats', str(args.repeats),
            '--warmup', str(args.warmup), '--threads', str(args.threads)]
     env = dict(os.environ, ONEDNN_VERBOSE='1')
+    if kind == 'torch' and args.torch_site:
+        env['PYTHONPATH'] = os.pathsep.join(
+            [os.path.abspath(args.torch_site)] + [p for p in [env.get('PYTHONPATH')] if p])
     proc = subprocess.run(cmd, cwd=bench.ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -184,17 +211,22 @@ def run_worker(args, kind, precision):
 def compare(args, precision):
     calls = {'tf': {}, 'torch': {}}
     kernels = {'tf': {}, 'torch': {}}
+    libraries = {}
     for i in range(args.rounds):
         for kind in (('tf', 'torch') if i % 2 == 0 else ('torch', 'tf')):
-            times, impls = run_worker(args, kind, precision)
+            times, impls, libraries[kind] = run_worker(args, kind, precision)
             for case, runs in times.items():
                 calls[kind].setdefault(case, []).extend(runs)
             for case, by_impl in impls.items():
                 for impl, runs in by_impl.items():
                     kernels[kind].setdefault(case, {}).setdefault(impl, []).extend(runs)
+    print(f'{precision}: ' + '; '.join(
+        f"{name} {libraries[kind].get('version')} runs oneDNN {libraries[kind].get('onednn', '?')} "
+        f"on {libraries[kind].get('runtime', '?')} with {libraries[kind].get('nthr', '?')} threads"
+        for kind, name in (('tf', 'TF'), ('torch', 'torch'))), flush=True)
     rows = []
     for case in calls['tf']:
-        row = {'case': case, 'precision': precision}
+        row = {'case': case, 'precision': precision, 'libraries': libraries}
         for kind in ('tf', 'torch'):
             impls = kernels[kind].get(case, {})
             row[kind] = {'call_ms': 1000 * bench.median(calls[kind][case]),
@@ -220,6 +252,11 @@ def main(argv=None):
         serve(args)
         return
     stages(args.stages)  # bad flags fail here, before any worker starts
+    if args.threads < 1:
+        raise SystemExit(f'conv_ops: --threads {args.threads} must be at least 1')
+    if args.torch_site and not os.path.isdir(os.path.join(args.torch_site, 'torch')):
+        raise SystemExit(f'conv_ops: --torch_site {args.torch_site!r} holds no torch package; '
+                         'install one with pip install --target DIR torch==VERSION')
     for precision in args.precisions.split(','):
         if precision not in ('bf16', 'fp32'):
             raise SystemExit(f'conv_ops: unknown precision {precision!r}; use bf16 and/or fp32')

@@ -36,6 +36,9 @@ def verbose(kind, impl, prop, ms, attrs=''):
 
 def test_verbose_lines_are_credited_to_the_case_being_timed():
     out = '\n'.join([
+        'onednn_verbose,v1,info,oneDNN v3.7.3 (commit N/A)',
+        'onednn_verbose,v1,info,cpu,runtime:threadpool,nthr:2',
+        'onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with Intel DL Boost and bfloat16 support',
         'MARK skip',
         verbose('convolution', 'jit:avx512_core', 'forward_training', 99.0),  # warm-up
         'MARK 8x4 forward',
@@ -49,9 +52,11 @@ def test_verbose_lines_are_credited_to_the_case_being_timed():
         verbose('convolution', 'jit_bf16:avx512_core_bf16', 'backward_weights', 5.0,
                 attrs='attr-scratchpad:user'),
         'MARK skip',
-        'RESULT {"8x4 forward": [0.002, 0.004], "8x4 filter_grad": [0.006]}',
+        'RESULT {"version": "2.21.0", '
+        '"times": {"8x4 forward": [0.002, 0.004], "8x4 filter_grad": [0.006]}}',
     ])
-    times, kernels = conv_ops.parse_worker_output(out)
+    times, kernels, info = conv_ops.parse_worker_output(out)
+    assert info == {'version': '2.21.0', 'onednn': 'v3.7.3', 'runtime': 'threadpool', 'nthr': 2}
     assert times == {'8x4 forward': [0.002, 0.004], '8x4 filter_grad': [0.006]}
     assert kernels == {
         '8x4 forward': {'brg_conv_fwd:avx512_core (forward)': [0.002, 0.004]},
