@@ -10,6 +10,10 @@ steps mirroring the project's methods:
 * ``mean_teacher``: student forward on labeled + 2 unlabeled views (one batch), teacher (EMA
   network, eval mode, no gradient) forward on view 1, cross-entropy + softmax-MSE consistency,
   SGD Nesterov with weight decay on kernels, EMA of parameters and batch-norm statistics;
+* ``pi_model``: student forward on labeled + 2 unlabeled views, cross-entropy + softmax-MSE
+  between the views (no gradient through the first), same optimiser and EMA -- the step of the
+  issue's reference probe (``../shared/perf/step_torch.py``, bench/anchors.py) plus weight decay
+  and EMA;
 * ``fixmatch``: labeled + weak + strong views (uratio 7 by default), confidence-masked pseudo-label
   cross-entropy, same optimiser and EMA.
 
@@ -45,6 +49,7 @@ from libml import io_utils
 NUM_CLASSES = 10
 CONFIGS = {  # --vs_tf rows: (method, uratio)
     'mean_teacher': ('mean_teacher', 1),
+    'pi_model': ('pi_model', 1),
     'fixmatch_u7': ('fixmatch', 7),
 }
 
@@ -149,6 +154,10 @@ def build_torch(args):
                     teacher = ema(x[labeled:labeled + unlabeled])['logits'].float()
                 ssl = ((F.softmax(teacher, 1) - F.softmax(unl[1]['logits'], 1)) ** 2).mean(1)
                 ssl_weight = 50.0 * min(1.0, index / 1000)  # the warm-up ramp, as a number
+            elif args.method == 'pi_model':
+                target = F.softmax(unl[0]['logits'].detach(), 1)
+                ssl = ((target - F.softmax(unl[1]['logits'], 1)) ** 2).mean(1)
+                ssl_weight = 10.0 * min(1.0, index / 1000)
             else:
                 probs = F.softmax(unl[0]['logits'].detach(), 1)
                 confidence, pseudo = probs.max(1)
@@ -365,7 +374,7 @@ def parse_args(argv=None):
     p.add_argument('--precisions', default='fp32,bf16')
     p.add_argument('--rounds', type=int, default=4, help='--vs_tf: alternations per row')
     p.add_argument('--block', type=int, default=2, help='--vs_tf: steps per block')
-    p.add_argument('--method', default='mean_teacher', choices=['mean_teacher', 'fixmatch'])
+    p.add_argument('--method', default='mean_teacher', choices=['mean_teacher', 'pi_model', 'fixmatch'])
     p.add_argument('--precision', default='fp32', choices=['fp32', 'bf16'])
     p.add_argument('--uratio', type=int, default=1)
     p.add_argument('--dc3', action='store_true', help='add the DC3 heads and losses')
@@ -388,6 +397,9 @@ def main(argv=None):
     if args.worker:
         serve(args)
         return
+    unknown = [c for c in args.configs.split(',') if c not in CONFIGS]
+    if unknown:
+        sys.exit(f'torch_peer: unknown --configs {",".join(unknown)}; use {",".join(CONFIGS)}')
     bench.require_torch('torch_peer')
     machine = bench.machine_info()
     bench.banner_with_torch(machine)
