@@ -36,17 +36,11 @@ def _augmented_batches(ds, batch, view_names, seed):
     augmenters = [augment.Augmenter(name, seed=None if seed is None else seed + i)
                   for i, name in enumerate(view_names)]
     ds = ds.cache().repeat().shuffle(SHUFFLE_BUFFER, seed=seed)
-
-    def per_image(x):
-        image = tf.cast(x['image'], tf.float32)
-        views = tuple(a.image(image) for a in augmenters)
-        return views, x['label']
-
-    ds = ds.map(per_image, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True)
 
-    def per_batch(views, labels):
-        return tuple(augment.normalize(a.batch(v)) for a, v in zip(augmenters, views)), labels
+    def per_batch(x):
+        images = tf.cast(x['image'], tf.float32)
+        return tuple(augment.normalize(a(images)) for a in augmenters), x['label']
 
     return ds.map(per_batch, num_parallel_calls=AUTOTUNE)
 
