@@ -25,6 +25,10 @@ flags.DEFINE_float('bn_momentum', 0.999, 'Batch-norm momentum; 0.999 (FixMatch) 
                    'use ~0.99 for runs of a few thousand steps.')
 flags.DEFINE_integer('sync_bn', 0, '1: with several replicas, batch norm uses the moments of the '
                      'global batch (as one device would); 0: each replica its own.')
+flags.DEFINE_enum('fused_bn_act', 'auto', ['auto', 'on', 'off'],
+                  'Train batch norm + leaky ReLU as one CPU op (built with g++ on first use; '
+                  '1.2-1.3x faster bf16 steps on AMX CPUs). auto: when no GPU is visible and it '
+                  'builds; on: required; off: TensorFlow\'s kernels.')
 # Optimisation.
 flags.DEFINE_integer('batch', 64, 'Labeled images per step and replica (global batch: batch x '
                      'replicas).')
@@ -79,7 +83,7 @@ def configs():
         eval_batch=FLAGS.eval_batch, deterministic=FLAGS.deterministic, strategy=FLAGS.strategy)
     model_config = train.ModelConfig(arch=FLAGS.arch, filters=FLAGS.filters, scales=FLAGS.scales,
                                      repeat=FLAGS.repeat, bn_momentum=FLAGS.bn_momentum,
-                                     sync_bn=FLAGS.sync_bn)
+                                     sync_bn=FLAGS.sync_bn, fused_bn_act=FLAGS.fused_bn_act)
     dc3_config = dc3.DC3Config(
         combined_output=FLAGS.combined_output, wou=FLAGS.wou, wol=FLAGS.wol, wf=FLAGS.wf,
         ws=FLAGS.ws, ceinv_labels=FLAGS.ceinv_labels, prob_gradient=FLAGS.prob_gradient,

@@ -61,11 +61,11 @@ def method_class(name):
 
 
 def make_method(name, info, train_dir, dc3=False, mixed_precision=0, filters=32, repeat=4,
-                scales=0, batch=64, uratio=1, augment=None):
+                scales=0, batch=64, uratio=1, augment=None, fused_bn_act='auto'):
     """One method built as its script builds it, with DC3 composed in when ``dc3``.
 
     ``dc3=False`` is the vanilla baseline ``DC3Config(combined_output=0, wou=0, wol=0)``;
-    ``dc3=True`` is DC3 with its defaults.
+    ``dc3=True`` is DC3 with its defaults. ``fused_bn_act`` as the scripts' flag (default auto).
     """
     from libml import dc3 as dc3_lib
     from libml import train
@@ -76,7 +76,8 @@ def make_method(name, info, train_dir, dc3=False, mixed_precision=0, filters=32,
     train_config = train.TrainConfig(
         train_dir=str(train_dir), dataset=f'{info.name}.{info.seed}@-1-10', batch=batch,
         uratio=uratio, augment=augment or default_augment, mixed_precision=mixed_precision)
-    model_config = train.ModelConfig(filters=filters, scales=scales, repeat=repeat)
+    model_config = train.ModelConfig(filters=filters, scales=scales, repeat=repeat,
+                                     fused_bn_act=fused_bn_act)
     return cls(info, -1, train_config, model_config, config, **hparams)
 
 

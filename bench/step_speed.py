@@ -13,7 +13,8 @@ labeled + unlabeled x views (Mean Teacher's extra teacher forward pass is not co
     python -m bench.step_speed --quick               # Mean Teacher and FixMatch only, 3 steps
     python -m bench.step_speed --breakdown           # forward / backward / optimizer / EMA split
     python -m bench.step_speed --ab keras_bn         # experiment: Keras' batch norm instead
-    python -m bench.step_speed --ab fused_act        # experiment: BN + leaky ReLU as a C++ op
+    python -m bench.step_speed --ab fused_act        # the fused BN + leaky ReLU op against TF's
+    python -m bench.step_speed --fused_bn_act off    # every step with TensorFlow's kernels
     python -m bench.step_speed --profile --methods fixmatch --uratio 7   # time per op type
 """
 import argparse
@@ -24,9 +25,9 @@ import tempfile
 import time
 
 import bench
-from bench import fused_op
 
 from libml import io_utils
+from libml.errors import DC3Error
 
 ALL_ROWS = [('fully_supervised', 1), ('pi_model', 1), ('mean_teacher', 1), ('pseudo_label', 1),
             ('fixmatch', 1), ('fixmatch', 7)]
@@ -53,8 +54,10 @@ def parse_args(argv=None):
                    help='instead of the matrix: the first method (vanilla) against a modified copy '
                         'of it, alternately: xla = the step compiled with jit_compile=True; '
                         'keras_bn = keras.layers.BatchNormalization instead of the project\'s '
-                        'fused batch norm (what the fused kernel gains); fused_act = batch norm '
-                        'and leaky ReLU as one custom C++ op (bench/fused_op.py, needs g++)')
+                        'fused batch norm (what the fused kernel gains); fused_act = '
+                        '--fused_bn_act on against off (libml/fused_ops.py, needs g++)')
+    p.add_argument('--fused_bn_act', default='auto', choices=['auto', 'on', 'off'],
+                   help='as the training scripts\' flag; --ab fused_act sets it itself')
     p.add_argument('--intra_threads', type=int, default=0,
                    help='tf.config.threading intra-op threads (0: TF default); experiment')
     p.add_argument('--inter_threads', type=int, default=0,
@@ -120,10 +123,11 @@ def timed(fn, batch):
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def build(args, name, uratio, dc3, precision, tmp, info):
+def build(args, name, uratio, dc3, precision, tmp, info, fused_bn_act=None):
     return bench.make_method(name, info, os.path.join(tmp, 'runs'), dc3=dc3,
                              mixed_precision=PRECISIONS[precision], filters=args.filters,
-                             batch=args.batch, uratio=uratio)
+                             batch=args.batch, uratio=uratio,
+                             fused_bn_act=fused_bn_act or args.fused_bn_act)
 
 
 def time_row(args, name, uratio, precision, tmp, info):
@@ -201,20 +205,21 @@ def build_experiment(args, kind, precision, tmp, info):
 
     from libml import models
     if kind == 'xla':
-        method = build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info)
+        method = build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info,
+                       fused_bn_act='off')
         method._train_step = tf.function(method.train_step, jit_compile=True)
         return method
     if kind == 'fused_act':
-        fused_op.load()  # compile before timing starts
-        name, replacement = '_bn_relu', fused_op.bn_relu
-    else:
-        import keras
-        name, replacement = 'FusedBatchNormalization', keras.layers.BatchNormalization
+        return build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info,
+                     fused_bn_act='on')
+    import keras
+    name, replacement = 'FusedBatchNormalization', keras.layers.BatchNormalization
     original = getattr(models, name)
     # Only while this one method is built: libml.models looks the name up at build time.
     setattr(models, name, replacement)
     try:
-        return build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info)
+        return build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info,
+                     fused_bn_act='off')
     finally:
         setattr(models, name, original)
 
@@ -223,7 +228,11 @@ def run_ab(args, tmp, info):
     """Baseline step against a modified step, alternately, per precision."""
     name, out = args.methods.split(',')[0], []
     for precision in args.precisions.split(','):
-        methods = {'baseline': build(args, name, args.uratio, False, precision, tmp, info),
+        # The baseline uses TensorFlow's kernels (--fused_bn_act off): XLA cannot compile the
+        # custom op, Keras' batch norm replaces the layer that would run it, and fused_act is
+        # the op against those kernels.
+        methods = {'baseline': build(args, name, args.uratio, False, precision, tmp, info,
+                                     fused_bn_act='off'),
                    args.ab: build_experiment(args, args.ab, precision, tmp, info)}
         batches = prefetch(methods['baseline'], info)
         for method in methods.values():
@@ -420,7 +429,7 @@ def main(argv=None):
         if args.ab:
             try:
                 result = run_ab(args, tmp, info)
-            except fused_op.BuildError as err:  # e.g. no compiler for --ab fused_act
+            except DC3Error as err:  # e.g. no compiler for --ab fused_act
                 sys.exit(f'step_speed: {err}')
         elif args.breakdown:
             result = run_breakdown(args, tmp, info)

@@ -224,7 +224,8 @@ def build_tf(args):
     info = bench.write_random_dataset(os.path.join(tmp, 'data'), size=args.size)
     method = bench.make_method(args.method, info, os.path.join(tmp, 'runs'), dc3=args.dc3,
                                mixed_precision=int(args.precision == 'bf16'),
-                               filters=args.filters, batch=args.batch, uratio=args.uratio)
+                               filters=args.filters, batch=args.batch, uratio=args.uratio,
+                               fused_bn_act=args.fused_bn_act)
     batches = step_speed.prefetch(method, info)
 
     def step(index):
@@ -262,7 +263,8 @@ class Worker:
         cmd = [sys.executable, '-m', 'bench.torch_peer', '--worker', kind, '--method', method,
                '--uratio', str(uratio), '--precision', precision, '--filters', str(args.filters),
                '--size', str(args.size), '--batch', str(args.batch), '--threads',
-               str(args.threads), '--warmup', str(args.warmup)] + (['--dc3'] if args.dc3 else [])
+               str(args.threads), '--warmup', str(args.warmup),
+               '--fused_bn_act', args.fused_bn_act] + (['--dc3'] if args.dc3 else [])
         self.kind = kind
         self.proc = subprocess.Popen(cmd, cwd=bench.ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
@@ -378,6 +380,8 @@ def parse_args(argv=None):
     p.add_argument('--precision', default='fp32', choices=['fp32', 'bf16'])
     p.add_argument('--uratio', type=int, default=1)
     p.add_argument('--dc3', action='store_true', help='add the DC3 heads and losses')
+    p.add_argument('--fused_bn_act', default='auto', choices=['auto', 'on', 'off'],
+                   help="the TF step's --fused_bn_act (the training scripts' flag)")
     p.add_argument('--filters', type=int, default=32)
     p.add_argument('--size', type=int, default=32)
     p.add_argument('--batch', type=int, default=64)

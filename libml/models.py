@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from libml import distribute
+from libml import distribute, fused_ops
 from libml.errors import DC3Error
 
 CLASS_HEAD = 'logits'
@@ -43,14 +43,19 @@ class FusedBatchNormalization(layers.Layer):
     training mode, so that path uses ``tf.nn.batch_normalization``. Without it every replica
     normalises with its own batch. Either way the moving statistics are averaged over replicas
     (``aggregation='mean'``, which also lets replicas assign them).
+
+    ``leaky_relu``: a slope, to also apply leaky ReLU; in training (on one replica, or without
+    ``synchronized``) batch norm and activation then run as one op (``libml.fused_ops``).
     """
 
-    def __init__(self, momentum=0.999, epsilon=1e-3, synchronized=False, **kwargs):
+    def __init__(self, momentum=0.999, epsilon=1e-3, synchronized=False, leaky_relu=None,
+                 **kwargs):
         # The variables stay float32 even under a mixed policy: the kernel wants them so.
         super().__init__(autocast=False, **kwargs)
         self.momentum = momentum
         self.epsilon = epsilon
         self.synchronized = synchronized
+        self.leaky_relu = leaky_relu
 
     def build(self, input_shape):
         channels = (input_shape[-1],)
@@ -68,21 +73,34 @@ class FusedBatchNormalization(layers.Layer):
         gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
         if training:
             replicas = distribute.several_replicas() if self.synchronized else None
+            if replicas is None and self.leaky_relu is not None:
+                outputs, mean, variance, _ = fused_ops.load().batch_norm_leaky_relu(
+                    inputs, gamma, beta, epsilon=self.epsilon, alpha=self.leaky_relu)
+                self._update_moving_statistics(mean, variance)
+                return outputs
             if replicas is None:
                 outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                     inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
             else:
                 outputs, mean, variance = self._synchronized_batch_norm(inputs, gamma, beta,
                                                                         replicas)
-            decay = 1.0 - self.momentum
-            self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
-            self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
-            return outputs
+            self._update_moving_statistics(mean, variance)
+            return self._activation(outputs)
         outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
             inputs, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
             variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
             is_training=False)
-        return outputs
+        return self._activation(outputs)
+
+    def _update_moving_statistics(self, mean, variance):
+        decay = 1.0 - self.momentum
+        self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
+        self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
+
+    def _activation(self, outputs):
+        if self.leaky_relu is None:
+            return outputs
+        return tf.nn.leaky_relu(outputs, alpha=self.leaky_relu)
 
     def _synchronized_batch_norm(self, inputs, gamma, beta, replicas):
         """(outputs, mean, Bessel-corrected variance) with moments of every replica's batch.
@@ -105,12 +123,21 @@ class FusedBatchNormalization(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), 'momentum': self.momentum, 'epsilon': self.epsilon,
-                'synchronized': self.synchronized}
+                'synchronized': self.synchronized, 'leaky_relu': self.leaky_relu}
+
+
+LEAKY_RELU_SLOPE = 0.1
 
 
 def _bn_relu(x, bn):
+    bn = dict(bn)
+    if bn.pop('fused'):
+        x = FusedBatchNormalization(epsilon=1e-3, leaky_relu=LEAKY_RELU_SLOPE, **bn)(x)
+        # Holds the activation's place: checkpoints address layers by position, so both paths
+        # keep the same layers and restore each other's checkpoints.
+        return layers.Identity()(x)
     x = FusedBatchNormalization(epsilon=1e-3, **bn)(x)
-    return layers.LeakyReLU(negative_slope=0.1)(x)
+    return layers.LeakyReLU(negative_slope=LEAKY_RELU_SLOPE)(x)
 
 
 def _residual(x0, filters, bn, stride=1, activate_before_residual=False):
@@ -131,7 +158,7 @@ def default_scales(image_size):
 
 
 def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, bn_momentum=0.999,
-                  sync_bn=0, name='network'):
+                  sync_bn=0, fused_bn_act=False, name='network'):
     """Builds a Keras model mapping images in [-1, 1] to ``{'embedding': ..., <head>: logits}``.
 
     Args:
@@ -143,11 +170,13 @@ def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, bn_mo
         steps, a short run needs less (e.g. 0.99) or its evaluation uses stale statistics.
       sync_bn: 1 to normalise with the moments of all replicas' batches (see
         ``FusedBatchNormalization``); no effect on one device.
+      fused_bn_act: True to train every batch norm + leaky ReLU pair as one CPU op
+        (``libml.fused_ops``; ``fused_ops.resolve`` decides when that is possible).
     """
     if arch not in ARCHITECTURES:
         raise DC3Error(f'unknown --arch {arch!r}; choose one of {", ".join(ARCHITECTURES)}')
     scales = scales or default_scales(image_size)
-    bn = {'momentum': bn_momentum, 'synchronized': bool(sync_bn)}
+    bn = {'momentum': bn_momentum, 'synchronized': bool(sync_bn), 'fused': bool(fused_bn_act)}
     inputs = keras.Input((image_size, image_size, 3), name='image')
     y = _conv(16, 3)(inputs)
     for scale in range(scales):

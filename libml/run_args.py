@@ -3,7 +3,8 @@
 Operational keys may change between invocations of the same run folder: they say how a run is
 operated (where it lives, how often it reports or saves, which checkpoint to evaluate), not what
 it optimises. ``strategy`` is one of them because what it changes is recorded apart: ``replicas``
-(the global batch and the pools of CE^-1 partners) and ``sync_bn``.
+(the global batch and the pools of CE^-1 partners) and ``sync_bn``. ``fused_bn_act`` changes only
+which kernels compute batch norm + leaky ReLU (the same network, to float rounding).
 """
 OPERATIONAL_KEYS = ('report_kimg', 'save_kimg', 'keep_ckpt', 'eval_ckpt', 'train_dir',
-                    'nan_policy', 'eval_batch', 'deterministic', 'strategy')
+                    'nan_policy', 'eval_batch', 'deterministic', 'strategy', 'fused_bn_act')

@@ -19,7 +19,7 @@ import pandas as pd
 import tensorflow as tf
 import tqdm
 
-from libml import data, distribute, io_utils, losses, metrics, models
+from libml import data, distribute, fused_ops, io_utils, losses, metrics, models
 from libml.dc3 import AMBIGUITY_HEAD, OVERCLUSTER_HEAD, DC3Config
 from libml.errors import DC3Error
 from libml.models import CLASS_HEAD
@@ -36,10 +36,14 @@ class ModelConfig:
     repeat: int = 4
     bn_momentum: float = 0.999  # FixMatch's; short runs want ~0.99 (see models.build_network)
     sync_bn: int = 0            # 1: batch-norm moments over all replicas (see models)
+    fused_bn_act: str = 'auto'  # batch norm + leaky ReLU as one CPU op: auto, on, off (fused_ops)
 
     def __post_init__(self):
         if self.sync_bn not in (0, 1):
             raise DC3Error(f'--sync_bn must be 0 or 1, got {self.sync_bn}')
+        if self.fused_bn_act not in fused_ops.MODES:
+            raise DC3Error(f'--fused_bn_act must be one of {", ".join(fused_ops.MODES)}, '
+                           f'got {self.fused_bn_act!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,9 +188,13 @@ class SSLMethod:
         self.total_steps = max(1, math.ceil(train.train_kimg * 1024 / self.global_batch))
         self.class_weights = dataset.class_weights if train.use_weighted_xe else None
         heads = self.heads()
+        # Resolved here, not recorded: both paths train the same network (see fused_ops).
+        self.fused_bn_act = fused_ops.resolve(
+            model.fused_bn_act, synchronized_replicas=bool(model.sync_bn) and self.replicas > 1)
         build = dict(arch=model.arch, image_size=dataset.image_size, heads=heads,
                      filters=model.filters, scales=model.scales, repeat=model.repeat,
-                     bn_momentum=model.bn_momentum, sync_bn=model.sync_bn)
+                     bn_momentum=model.bn_momentum, sync_bn=model.sync_bn,
+                     fused_bn_act=self.fused_bn_act)
         self.schedule = CosineDecay(train.lr, self.total_steps)
         with self.strategy.scope():  # mirrored variables, and the optimiser's all-reduce
             self.model = self.build_network('model', **build)

@@ -1,23 +1,26 @@
-"""The benchmark's fused batch norm + leaky ReLU op (bench/fused_op.py) against NumPy in float64.
-
-The op is an experiment (BENCHMARKS.md section 5), not used in training, but its timing only
-means something if it computes the same thing as TensorFlow's two kernels.
-"""
+"""The fused batch norm + leaky ReLU op (libml/fused_ops.py) against NumPy in float64, and the
+network built with it against the one built with TensorFlow's kernels (--fused_bn_act)."""
+import os
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-pytestmark = pytest.mark.skipif(shutil.which('g++') is None, reason='needs a C++ compiler')
+from libml import fused_ops, models
+from libml.errors import DC3Error
+
+needs_compiler = pytest.mark.skipif(shutil.which('g++') is None, reason='needs a C++ compiler')
 
 ALPHA, EPS = 0.1, 1e-3
 
 
 @pytest.fixture(scope='module')
 def ops():
-    from bench import fused_op
-    return fused_op.load()
+    if shutil.which('g++') is None:
+        pytest.skip('needs a C++ compiler')
+    return fused_ops.load()
 
 
 def reference(x, dy, gamma, beta):
@@ -89,11 +92,9 @@ def test_bfloat16_matches_numpy_to_its_precision(ops):
 
 
 def test_layer_gradient_and_moving_statistics_match_the_projects_layers(ops):
-    """The --ab fused_act layer trains like FusedBatchNormalization + LeakyReLU."""
-    from bench import fused_op
-    from libml import models
+    """With ``leaky_relu`` the layer trains like FusedBatchNormalization + LeakyReLU."""
     x, dy, _, _ = inputs((8, 6, 6, 5), seed=3)
-    fused = fused_op.bn_leaky_relu_layer()(momentum=0.9, epsilon=EPS)
+    fused = models.FusedBatchNormalization(momentum=0.9, epsilon=EPS, leaky_relu=ALPHA)
     plain = models.FusedBatchNormalization(momentum=0.9, epsilon=EPS)
     results = []
     for layer, act in ((fused, lambda t: t), (plain, lambda t: tf.nn.leaky_relu(t, ALPHA))):
@@ -120,16 +121,96 @@ def test_bad_shapes_are_refused(ops):
         ops.batch_norm_leaky_relu(tf.zeros([4, 3]), tf.ones([2]), tf.zeros([2]))
 
 
-def test_a_failed_build_says_why_in_one_line_and_leaves_no_file(tmp_path, monkeypatch):
-    from bench import fused_op
+@needs_compiler
+def test_a_failed_build_says_why_in_one_line_and_leaves_no_file(tmp_path):
     broken = tmp_path / 'broken.cc'
     broken.write_text('this is not C++;\n')
     out = tmp_path / 'kernels'
-    monkeypatch.setattr(fused_op, 'SOURCE', str(broken))
-    monkeypatch.setattr(fused_op, 'BUILD_DIR', str(out))
-    with pytest.raises(fused_op.BuildError) as failed:
-        fused_op.build()
+    with pytest.raises(fused_ops.BuildError) as failed:
+        fused_ops.build(source=str(broken), out_dir=str(out))
     assert 'error' in str(failed.value) and '\n' not in str(failed.value)
     assert list(out.iterdir()) == []  # the temporary library was removed
-    with pytest.raises(fused_op.BuildError, match='not found'):
-        fused_op.build(compiler='no-such-compiler')
+    with pytest.raises(fused_ops.BuildError, match='not found'):
+        fused_ops.build(compiler='no-such-compiler', out_dir=str(out))
+
+
+def test_an_unwritable_kernel_folder_is_a_build_error_naming_the_fix(tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('')  # a file where the folder should be
+    with pytest.raises(fused_ops.BuildError, match='DC3_KERNEL_DIR'):
+        fused_ops.build(out_dir=str(blocker / 'kernels'))
+
+
+def network(fused):
+    keras.utils.set_random_seed(0)
+    return models.build_network('resnet', 8, {'logits': 3}, filters=4, repeat=1,
+                                bn_momentum=0.9, fused_bn_act=fused)
+
+
+def test_fused_network_trains_and_predicts_like_the_unfused_one(ops):
+    fused, plain = network(True), network(False)
+    # the same variables in the same order (names differ only by Keras' layer counters)
+    assert [v.shape for v in fused.variables] == [v.shape for v in plain.variables]
+    assert [v.path.split('/')[-1] for v in fused.variables] == [
+        v.path.split('/')[-1] for v in plain.variables]
+    # the fused path really runs the op (and the plain one does not)
+    graph = tf.function(lambda x: fused(x, training=True)).get_concrete_function(
+        tf.TensorSpec([2, 8, 8, 3])).graph
+    assert any(op.type == 'BatchNormLeakyRelu' for op in graph.get_operations())
+    for v, w in zip(fused.variables, plain.variables):
+        v.assign(w)
+    x = tf.constant(np.random.default_rng(4).uniform(-1, 1, (6, 8, 8, 3)), tf.float32)
+    results = []
+    for net in (fused, plain):
+        with tf.GradientTape() as tape:
+            logits = net(x, training=True)['logits']
+            loss = tf.reduce_sum(tf.square(logits))
+        grads = tape.gradient(loss, net.trainable_variables)
+        results.append([logits] + grads + [net(x, training=False)['logits']]
+                       + [v for v in net.non_trainable_variables])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+def test_checkpoints_restore_across_the_two_paths(ops, tmp_path):
+    fused, plain = network(True), network(False)
+    x = tf.constant(np.random.default_rng(5).uniform(-1, 1, (4, 8, 8, 3)), tf.float32)
+    fused(x, training=True)  # moves the moving statistics away from their initial values
+    path = tf.train.Checkpoint(model=fused).save(os.path.join(tmp_path, 'ckpt'))
+    tf.train.Checkpoint(model=plain).restore(path).assert_consumed()
+    np.testing.assert_allclose(plain(x, training=False)['logits'],
+                               fused(x, training=False)['logits'], rtol=1e-5, atol=1e-6)
+
+
+def test_off_never_builds(monkeypatch):
+    monkeypatch.setattr(fused_ops, 'load', lambda: pytest.fail('load() was called'))
+    assert fused_ops.resolve('off') is False
+
+
+def test_auto_falls_back_with_a_note_and_on_fails_with_one_line(monkeypatch, capsys):
+    def broken():
+        raise fused_ops.BuildError('g++ not found (install a C++17 compiler)')
+
+    monkeypatch.setattr(fused_ops, 'load', broken)
+    assert fused_ops.resolve('auto') is False
+    note = capsys.readouterr().err
+    assert 'g++ not found' in note and note.count('\n') == 1
+    with pytest.raises(DC3Error, match=r'--fused_bn_act on: g\+\+ not found') as failed:
+        fused_ops.resolve('on')
+    assert '\n' not in str(failed.value)
+
+
+def test_synchronised_batch_norm_keeps_tensorflows_kernels(monkeypatch):
+    monkeypatch.setattr(fused_ops, 'load', lambda: pytest.fail('load() was called'))
+    assert fused_ops.resolve('auto', synchronized_replicas=True) is False
+    with pytest.raises(DC3Error, match='sync_bn'):
+        fused_ops.resolve('on', synchronized_replicas=True)
+
+
+def test_auto_uses_the_op_where_it_builds(ops):
+    assert fused_ops.resolve('auto') is True
+
+
+def test_an_unknown_mode_is_refused():
+    with pytest.raises(DC3Error, match='auto, on, off'):
+        fused_ops.resolve('yes')
