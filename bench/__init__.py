@@ -168,3 +168,17 @@ def require_torch(prog):
 
 def median(values):
     return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
+def write_results(script, key, rows, args, machine, start):
+    """Writes ``{key: rows, machine, args, command, wall_s}`` to ``args.out`` atomically (no
+    half-written results) and says so."""
+    import sys
+    import time
+
+    from libml import io_utils
+    result = {key: rows, 'machine': machine, 'args': vars(args),
+              'command': f'python -m bench.{script} ' + ' '.join(sys.argv[1:]),
+              'wall_s': time.time() - start}
+    io_utils.write_json(args.out, result)
+    print(f'wrote {args.out} ({time.time() - start:.0f} s)')

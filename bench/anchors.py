@@ -34,7 +34,6 @@ import types
 import bench
 from bench import torch_peer
 
-from libml import io_utils
 
 PROBES = ('step_tf.py', 'step_torch.py')
 # Runs step_tf.py as __main__ with the given argv after setting Keras' mixed_bfloat16 policy.
@@ -151,11 +150,7 @@ def main(argv=None):
         print(f'{precision} ratios: ' + ', '.join(
             f'{name} {value:.2f}' for name, value in row['ratios'].items())
             + f'  [{time.time() - start:.0f} s]', flush=True)
-    result = {'anchors': rows, 'machine': machine, 'args': vars(args),
-              'command': 'python -m bench.anchors ' + ' '.join(sys.argv[1:]),
-              'wall_s': time.time() - start}
-    io_utils.write_json(args.out, result)  # atomic: no half-written results
-    print(f'wrote {args.out} ({time.time() - start:.0f} s)')
+    bench.write_results('anchors', 'anchors', rows, args, machine, start)
 
 
 if __name__ == '__main__':

@@ -31,7 +31,6 @@ import time
 
 import bench
 
-from libml import io_utils
 
 PASSES = ('forward', 'input_grad', 'filter_grad')
 ONEDNN_PROP = {'forward_training': 'forward', 'forward_inference': 'forward',
@@ -267,11 +266,7 @@ def main(argv=None):
     rows = []
     for precision in args.precisions.split(','):
         rows += compare(args, precision)
-    result = {'conv_ops': rows, 'machine': machine, 'args': vars(args),
-              'command': 'python -m bench.conv_ops ' + ' '.join(sys.argv[1:]),
-              'wall_s': time.time() - start}
-    io_utils.write_json(args.out, result)  # atomic: no half-written results
-    print(f'wrote {args.out} ({time.time() - start:.0f} s)')
+    bench.write_results('conv_ops', 'conv_ops', rows, args, machine, start)
 
 
 if __name__ == '__main__':

@@ -19,8 +19,6 @@ import numpy as np
 
 import bench
 
-from libml import io_utils
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -101,11 +99,7 @@ def main(argv=None):
                   f"{row['img_per_s']['before']:7.0f} img/s, after (batched) "
                   f"{row['img_per_s']['after']:7.0f} img/s, after/before "
                   f"{row['after_over_before']:.1f}  [{time.time() - start:.0f} s]", flush=True)
-    result = {'strong_augment': rows, 'machine': machine, 'args': vars(args),
-              'command': 'python -m bench.strong_augment ' + ' '.join(sys.argv[1:]),
-              'wall_s': time.time() - start}
-    io_utils.write_json(args.out, result)  # atomic: no half-written results
-    print(f'wrote {args.out} ({time.time() - start:.0f} s)')
+    bench.write_results('strong_augment', 'strong_augment', rows, args, machine, start)
 
 
 if __name__ == '__main__':

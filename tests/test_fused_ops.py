@@ -214,3 +214,24 @@ def test_auto_uses_the_op_where_it_builds(ops):
 def test_an_unknown_mode_is_refused():
     with pytest.raises(DC3Error, match='auto, on, off'):
         fused_ops.resolve('yes')
+
+
+@pytest.mark.parametrize('mode', ['on', 'off'])
+def test_the_flag_decides_what_the_training_step_runs(ops, tiny_data_dir, tmp_path, mode):
+    import mean_teacher
+    from libml import data
+    from tests.conftest import make_method
+
+    def method_with(fused_bn_act):
+        return make_method(mean_teacher.MeanTeacher, tiny_data_dir, tmp_path,
+                           hparams={'consistency_weight': 50.0, 'warmup_pos': 0.4},
+                           model={'fused_bn_act': fused_bn_act})
+
+    method = method_with(mode)
+    batch = next(iter(data.train_inputs(method.dataset, method.input_config(0))))
+    graph = method._train_step.get_concrete_function(batch).graph
+    types = {op.type for op in graph.get_operations()}
+    assert ('BatchNormLeakyRelu' in types) == (mode == 'on')
+    assert ('BatchNormLeakyReluGrad' in types) == (mode == 'on')
+    other = method_with('off' if mode == 'on' else 'on')
+    assert method.run_dir() == other.run_dir()  # the same run folder: it may resume either way
