@@ -27,7 +27,7 @@ flags.DEFINE_integer('sync_bn', 0, '1: with several replicas, batch norm uses th
                      'global batch (as one device would); 0: each replica its own.')
 flags.DEFINE_enum('fused_bn_act', 'auto', ['auto', 'on', 'off'],
                   'Train batch norm + leaky ReLU as one CPU op (built with g++ on first use; '
-                  '1.2-1.3x faster bf16 steps on AMX CPUs). auto: when no GPU is visible and it '
+                  '1.3x faster bf16 steps on AMX CPUs). auto: when no GPU is visible and it '
                   'builds; on: required; off: TensorFlow\'s kernels.')
 # Optimisation.
 flags.DEFINE_integer('batch', 64, 'Labeled images per step and replica (global batch: batch x '

@@ -3,7 +3,7 @@
 TensorFlow runs the network's batch norm and the leaky ReLU after it as separate kernels, each a
 full pass over the activations in memory, and on the CPU it does not fuse them in training. With
 AMX bf16 convolutions those passes are most of the step; the fused op makes the bf16 training
-step 1.2-1.3x faster there (BENCHMARKS.md section 5). It has a CPU kernel only.
+step 1.3x faster there (BENCHMARKS.md section 5). It has a CPU kernel only.
 
 ``--fused_bn_act`` chooses: ``auto`` (default) uses it when no GPU is visible and the op builds
 (a one-line note says so when it does not build), ``on`` requires it (one error line if it cannot

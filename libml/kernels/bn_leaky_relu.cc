@@ -6,7 +6,7 @@
 // CPU; each reads and writes the whole activation tensor, and its elementwise kernels are compiled
 // for a baseline x86 CPU. This op does the same arithmetic in three passes forward (statistics;
 // normalise + activate) and two backward (reductions; dx), the minimum number of passes over
-// memory. Under bf16 with AMX convolutions that makes the training step 1.2-1.3x faster
+// memory. Under bf16 with AMX convolutions that makes the training step 1.3x faster
 // (BENCHMARKS.md section 5).
 //
 // Maths (x: [M rows, C channels], per channel c):
