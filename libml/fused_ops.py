@@ -13,6 +13,8 @@ checkpoints, so a run can resume with either; they agree to float rounding.
 The op is compiled with ``g++`` against the installed TensorFlow's headers (in its wheel) into
 ``$DC3_KERNEL_DIR`` (default ``~/.cache/dc3/kernels``), named by a hash of the source, the flags
 and the TensorFlow version, so an edit or an upgrade rebuilds and other runs reuse it.
+``python -m libml.fused_ops`` builds it ahead of a run (e.g. in an image) and prints where and how
+long it took.
 """
 import functools
 import hashlib
@@ -124,9 +126,7 @@ def resolve(mode, synchronized_replicas=False):
     replicas), which the fused op cannot do.
     """
     import tensorflow as tf
-    if mode not in MODES:
-        raise DC3Error(f'--fused_bn_act must be one of {", ".join(MODES)}, got {mode!r}')
-    if mode == 'off':
+    if mode == 'off':  # ModelConfig has checked that mode is one of MODES
         return False
     if tf.config.list_physical_devices('GPU'):
         reason = 'a GPU is visible and the op has only a CPU kernel'
@@ -146,3 +146,19 @@ def resolve(mode, synchronized_replicas=False):
     if mode == 'on':
         raise DC3Error(f'--fused_bn_act on: {reason}; use --fused_bn_act auto or off')
     return False
+
+
+def main():
+    import time
+
+    import tensorflow  # noqa: F401  (imported first: the time printed is the build's alone)
+    start = time.perf_counter()
+    try:
+        path = build()
+    except BuildError as err:
+        sys.exit(f'error: {err}')
+    print(f'{path} ({time.perf_counter() - start:.1f} s)')
+
+
+if __name__ == '__main__':
+    main()

@@ -212,8 +212,9 @@ def test_auto_uses_the_op_where_it_builds(ops):
 
 
 def test_an_unknown_mode_is_refused():
+    from libml import train
     with pytest.raises(DC3Error, match='auto, on, off'):
-        fused_ops.resolve('yes')
+        train.ModelConfig(fused_bn_act='yes')
 
 
 @pytest.mark.parametrize('mode', ['on', 'off'])
@@ -235,3 +236,15 @@ def test_the_flag_decides_what_the_training_step_runs(ops, tiny_data_dir, tmp_pa
     assert ('BatchNormLeakyReluGrad' in types) == (mode == 'on')
     other = method_with('off' if mode == 'on' else 'on')
     assert method.run_dir() == other.run_dir()  # the same run folder: it may resume either way
+
+
+def test_prebuilding_prints_the_library_or_one_error_line(ops, tmp_path, monkeypatch, capsys):
+    fused_ops.main()  # the op is built already (the ops fixture): prints where it is
+    path = capsys.readouterr().out.rsplit(' (', 1)[0]
+    assert os.path.isfile(path) and path.endswith('.so')
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    monkeypatch.setenv('DC3_KERNEL_DIR', str(blocker / 'kernels'))
+    with pytest.raises(SystemExit) as failed:
+        fused_ops.main()
+    assert str(failed.value).startswith('error: cannot write to') and '\n' not in str(failed.value)
