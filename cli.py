@@ -39,8 +39,9 @@ flags.DEFINE_float('ema', 0.999, 'Decay of the exponential moving average of the
 flags.DEFINE_string('augment', 'd.d.d',
                     'Augmentations labeled.unlabeled1.unlabeled2: x none, d flip+translate, '
                     'rac RandAugment+cutout.')
-flags.DEFINE_integer('use_weighted_xe', 0, '1: weight the labeled cross-entropy by class '
-                     '(inverse frequency in the labeled split).')
+flags.DEFINE_integer('use_weighted_xe', 1, '1 (the original DC3 code\'s default): weight the '
+                     'labeled cross-entropy by class (inverse frequency in the labeled split); 0: '
+                     'unweighted.')
 flags.DEFINE_integer('mixed_precision', 0, '1: bf16 on CPU, fp16 with loss scaling on GPU.')
 flags.DEFINE_enum('strategy', 'default', list(distribute.STRATEGIES),
                   'default: one device; mirrored: one replica per GPU of this machine.')
@@ -65,11 +66,18 @@ flags.DEFINE_integer('ceinv_labels', 1, '1: CE^-1 partner has another (pseudo-)l
 flags.DEFINE_integer('prob_gradient', 0, '1: gradients flow through the p_a loss weights.')
 flags.DEFINE_integer('use_soft_prob', 1, '0: round the p_a loss weights to {0, 1}.')
 flags.DEFINE_integer('use_loss_rescale', 0, '1: rescale the weights by B / sum(weights).')
-flags.DEFINE_float('prior_fuzzy_distribution', 0.6, 'p_A: expected share of ambiguous images.')
+flags.DEFINE_float('prior_fuzzy_distribution', 0.6, 'p_A: expected share of ambiguous images; '
+                   'negative (the original code\'s -1): the dataset\'s estimate from meta.json.')
 flags.DEFINE_integer('overcluster_factor', 5, 'Overclustering head size k\' = factor * k.')
 flags.DEFINE_enum('ambiguity_rank', 'p_a', list(dc3.AMBIGUITY_RANKS),
                   'What L_A\'s batch ranking sorts by: p_a (the paper) or the classifier\'s '
                   'uncertainty 1 - max p_n (ours; makes p_a predict ambiguity, see README).')
+flags.DEFINE_integer('scale_labeled_ceinv', 1, '1: the labeled CE^-1 is scaled by 1 - p_a (the '
+                     'paper\'s Eq. 1); 0: unscaled, as in the original code.')
+flags.DEFINE_enum('supervised_certainty', 'labeled', list(dc3.SUPERVISED_CERTAINTY),
+                  'fully_supervised.py with DC3: scale the labeled cross-entropy by each labeled '
+                  'image\'s 1 - p_a (labeled, the spec) or by the unlabeled batch\'s mean 1 - p_a '
+                  '(unlabeled, the original ce.py).')
 
 
 def configs():
@@ -89,7 +97,9 @@ def configs():
         ws=FLAGS.ws, ceinv_labels=FLAGS.ceinv_labels, prob_gradient=FLAGS.prob_gradient,
         use_soft_prob=FLAGS.use_soft_prob, use_loss_rescale=FLAGS.use_loss_rescale,
         prior_fuzzy_distribution=FLAGS.prior_fuzzy_distribution,
-        overcluster_factor=FLAGS.overcluster_factor, ambiguity_rank=FLAGS.ambiguity_rank)
+        overcluster_factor=FLAGS.overcluster_factor, ambiguity_rank=FLAGS.ambiguity_rank,
+        scale_labeled_ceinv=FLAGS.scale_labeled_ceinv,
+        supervised_certainty=FLAGS.supervised_certainty)
     return train_config, model_config, dc3_config
 
 

@@ -12,6 +12,12 @@ FLAGS = flags.FLAGS
 class FixMatch(train.SSLMethod):
     unlabeled_views = 2   # weak, strong
 
+    def views(self, outputs):
+        # As in the original DC3 code: the weak view carries p_a and CE^-1's pseudo-labels (with
+        # FixMatch's own confidence); L_S compares it with the strong view, gradient to both.
+        weak, strong = outputs.unlabeled
+        return train.Views(main=weak, other=strong, confidence=self.hparams['confidence'])
+
     def method_losses(self, batch, outputs, progress):
         weak, strong = outputs.unlabeled
         ssl, mask = losses.pseudo_label_cross_entropy(weak[CLASS_HEAD], strong[CLASS_HEAD],

@@ -109,7 +109,9 @@ def check_flags():
                            ceinv_weight=FLAGS.ceinv_weight)
     for field in dataclasses.fields(VANILLA_DC3):
         vanilla = getattr(VANILLA_DC3, field.name)
-        if field.name != 'overcluster_factor' and FLAGS[field.name].value != vanilla:
+        if not field.init or field.name == 'overcluster_factor':
+            continue
+        if FLAGS[field.name].value != vanilla:
             raise DC3Error(f'--{field.name} is a DC3 flag and FOC does not compose with DC3; '
                            f'leave it at {vanilla} (got {FLAGS[field.name].value})')
     uratio = config.uratio(FLAGS.batch)

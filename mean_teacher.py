@@ -6,6 +6,7 @@ batch statistics, as in FixMatch's implementation: in inference mode it would us
 that lag the weights and give poor targets early in training. (Its batch norms therefore also fold
 the teacher batch into the EMA network's moving statistics before the EMA update.)
 """
+import tensorflow as tf
 from absl import app, flags
 
 import cli
@@ -18,11 +19,22 @@ FLAGS = flags.FLAGS
 class MeanTeacher(train.SSLMethod):
     unlabeled_views = 2
 
+    def forward(self, batch, training=True):
+        outputs = super().forward(batch, training)
+        outputs.extra['teacher'] = self.ema_model(batch['unlabeled'][0], training=True)
+        return outputs
+
+    def views(self, outputs):
+        # As in the original DC3 code: the student's view carries p_a; L_S compares it with the
+        # teacher's output, which gets no gradient.
+        teacher = {name: tf.stop_gradient(value) for name, value in outputs.extra['teacher'].items()}
+        return train.Views(main=outputs.unlabeled[1], other=teacher)
+
     def method_losses(self, batch, outputs, progress):
-        teacher = self.ema_model(batch['unlabeled'][0], training=True)[CLASS_HEAD]
         return train.LossTerms(
             labeled_xe=self.labeled_cross_entropy(batch, outputs),
-            ssl=losses.softmax_mse(teacher, outputs.unlabeled[1][CLASS_HEAD]),
+            ssl=losses.softmax_mse(outputs.extra['teacher'][CLASS_HEAD],
+                                   outputs.unlabeled[1][CLASS_HEAD]),
             ssl_weight=self.hparams['consistency_weight'] * train.warmup(
                 progress, self.hparams['warmup_pos']))
 

@@ -1,4 +1,5 @@
 """Pi-model (Laine & Aila, 2017): consistency between two augmentations of an unlabeled image."""
+import tensorflow as tf
 from absl import app, flags
 
 import cli
@@ -10,6 +11,12 @@ FLAGS = flags.FLAGS
 
 class PiModel(train.SSLMethod):
     unlabeled_views = 2
+
+    def views(self, outputs):
+        # As in the original DC3 code: the second view is the student and carries p_a; the first
+        # is the target, with no gradient from any loss.
+        view1, view2 = outputs.unlabeled
+        return train.Views(main=view2, other={k: tf.stop_gradient(v) for k, v in view1.items()})
 
     def method_losses(self, batch, outputs, progress):
         view1, view2 = outputs.unlabeled

@@ -12,9 +12,17 @@ FLAGS = flags.FLAGS
 class PseudoLabel(train.SSLMethod):
     unlabeled_views = 1
 
+    def views(self, outputs):
+        # As in the original DC3 code, the one view is both sides of L_S, which thereby becomes
+        # the entropy of p_o (gradient through both sides).
+        view = outputs.unlabeled[0]
+        return train.Views(main=view, other=view)
+
     def method_losses(self, batch, outputs, progress):
         logits = outputs.unlabeled[0][CLASS_HEAD]
-        ssl, mask = losses.pseudo_label_cross_entropy(logits, logits, self.hparams['threshold'])
+        # A prediction must exceed the threshold (the original's tf.greater), not merely reach it.
+        ssl, mask = losses.pseudo_label_cross_entropy(logits, logits, self.hparams['threshold'],
+                                                      strict=True)
         return train.LossTerms(
             labeled_xe=self.labeled_cross_entropy(batch, outputs), ssl=ssl,
             ssl_weight=self.hparams['consistency_weight'] * train.warmup(

@@ -20,20 +20,22 @@ def softmax_mse(target_logits, logits):
     return tf.reduce_mean(tf.square(target - tf.nn.softmax(logits)), axis=-1)
 
 
-def confident_pseudo_labels(logits, threshold):
-    """Hard pseudo-labels ``argmax p`` and a 0/1 mask of ``max p >= threshold`` (no gradient)."""
+def confident_pseudo_labels(logits, threshold, strict=False):
+    """Hard pseudo-labels ``argmax p`` and a 0/1 mask of ``max p >= threshold`` (``>`` with
+    ``strict``); no gradient."""
     probs = tf.nn.softmax(tf.stop_gradient(logits))
-    mask = tf.cast(tf.reduce_max(probs, axis=-1) >= threshold, tf.float32)
+    top = tf.reduce_max(probs, axis=-1)
+    mask = tf.cast(top > threshold if strict else top >= threshold, tf.float32)
     return tf.argmax(probs, axis=-1, output_type=tf.int32), mask
 
 
-def pseudo_label_cross_entropy(pseudo_logits, logits, threshold):
+def pseudo_label_cross_entropy(pseudo_logits, logits, threshold, strict=False):
     """Cross-entropy of ``logits`` against the confident pseudo-labels of ``pseudo_logits``.
 
     Pseudo-Label uses one view for both; FixMatch takes the pseudo-label from the weak view and
     trains the strong one. Returns (per-sample masked loss, mask).
     """
-    labels, mask = confident_pseudo_labels(pseudo_logits, threshold)
+    labels, mask = confident_pseudo_labels(pseudo_logits, threshold, strict)
     return cross_entropy(labels, logits) * mask, mask
 
 

@@ -164,7 +164,9 @@ def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, bn_mo
     Args:
       arch: backbone name; only ``'resnet'`` (FixMatch's WRN-style ResNet) exists.
       image_size: input height and width.
-      heads: dict ``{output name: number of units}``; each becomes a separate Dense layer.
+      heads: dict ``{output name: number of units}``; each becomes a separate Dense layer,
+        initialised as one Glorot-normal layer with all the heads' units would be (the original
+        code's single layer of k + k' + 1 outputs, sliced): std sqrt(2 / (fan_in + all units)).
       filters, scales, repeat: width, number of stages (0 = ``default_scales``) and blocks per stage.
       bn_momentum: batch-norm moving-average momentum; FixMatch's 0.999 suits runs of 10^5+
         steps, a short run needs less (e.g. 0.99) or its evaluation uses stale statistics.
@@ -188,7 +190,12 @@ def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, bn_mo
     # Heads and embedding stay float32 under mixed precision: losses need full-precision logits.
     embedding = layers.GlobalAveragePooling2D(name='embedding', dtype='float32')(y)
     outputs = {'embedding': embedding}
+    fan_in, all_units = embedding.shape[-1], sum(heads.values())
     for head, units in heads.items():
+        # Glorot's fan_avg variance 2 / (fan_in + units), rescaled to 2 / (fan_in + all_units).
+        init = keras.initializers.VarianceScaling(
+            scale=(fan_in + units) / (fan_in + all_units), mode='fan_avg',
+            distribution='truncated_normal')
         outputs[head] = layers.Dense(units, name=head, dtype='float32',
-                                     kernel_initializer='glorot_normal')(embedding)
+                                     kernel_initializer=init)(embedding)
     return keras.Model(inputs, outputs, name=name)

@@ -61,7 +61,7 @@ class TrainConfig:
     keep_ckpt: int = 50
     seed: int = 0
     augment: str = 'd.d.d'
-    use_weighted_xe: int = 0
+    use_weighted_xe: int = 1    # the original DC3 code's default
     mixed_precision: int = 0
     nan_policy: str = 'stop'    # 'stop': exit non-zero; 'skip': rewind to the last checkpoint
     eval_batch: int = 256
@@ -95,6 +95,21 @@ class Outputs:
     """Network outputs split by subset: dicts of head name -> tensor."""
     labeled: dict
     unlabeled: list             # one dict per unlabeled view
+    extra: dict = dataclasses.field(default_factory=dict)  # e.g. Mean Teacher's teacher outputs
+
+
+@dataclasses.dataclass
+class Views:
+    """How a method uses its unlabeled views, for terms added on top of its own (DC3's).
+
+    ``main`` is the view that carries the method's per-image weighting (DC3's ``p_a``, L_A and
+    the unlabeled CE^-1); ``other`` is the view it is compared with (L_S), with the gradient
+    stopped wherever the method stops it; ``confidence`` is the threshold above which a
+    prediction of ``main`` counts as a pseudo-label.
+    """
+    main: dict = None
+    other: dict = None
+    confidence: float = 0.95
 
 
 @dataclasses.dataclass
@@ -165,7 +180,12 @@ class SSLMethod:
         self.labeled_size = labeled_size
         self.train_config = train
         self.model_config = model
-        self.dc3 = dc3
+        resolved = dc3.with_dataset_prior(dataset.prior_ambiguity)
+        if resolved is not dc3:
+            print(f'note: --prior_fuzzy_distribution {dc3.prior_fuzzy_distribution:g} takes the '
+                  f'dataset\'s estimate, {resolved.prior_fuzzy_distribution:.4g} (meta.json)',
+                  file=sys.stderr)
+        self.dc3 = resolved
         self.hparams = hparams
         self.num_classes = dataset.num_classes
         if self.unlabeled_views and not dataset.has_split('unlabeled'):
@@ -246,6 +266,13 @@ class SSLMethod:
         if terms.ssl is not None:
             total += terms.ssl_weight * tf.reduce_mean(terms.ssl)
         return total, {}
+
+    def views(self, outputs):
+        """Which unlabeled view is the main one and which its counterpart (see ``Views``); by
+        default the first and the second. Methods override it with their own choice."""
+        unlabeled = outputs.unlabeled
+        return Views(main=unlabeled[0] if unlabeled else None,
+                     other=unlabeled[1] if len(unlabeled) > 1 else None)
 
     def labeled_cross_entropy(self, batch, outputs):
         """Per-sample supervised cross-entropy, class-weighted with ``--use_weighted_xe 1``."""

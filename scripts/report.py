@@ -9,7 +9,9 @@ differ only in the dataset seed, training seed or train_dir form a group; each g
 with its ablation variant (Baseline, +CE⁻¹, +CC, +DC3). Degenerate runs (see
 ``libml.metrics.split_metrics``) and runs with an undefined d - F1 are left out of the statistics.
 
-Writes ``table2.{md,csv}`` (best vanilla vs best +DC3 run per dataset and method),
+Writes ``table2.{md,csv}`` (per dataset and method the best vanilla run against the best run of
+the paper's DC3 -- ``+DC3 (p_A=0.6)``, the ``dc3`` variant of run_ablation.py -- and one more row
+for each other DC3 variant present, labelled as such; our own options say "ours"),
 ``table4.{md,csv}`` (best and mean ± std per dataset, method and group) and ``runs.csv`` (one line
 per run) into ``--out``; all values in %.
 """
@@ -38,8 +40,12 @@ TABLE_METRICS = (('F1', 'f1_certain'), ('d', 'inner_distance'), ('d-F1', 'd_minu
                  ('ambiguous %', 'ambiguous_share'))
 MISSING = '—'
 # Hyperparameters that define the variant (so its label already shows them).
-VARIANT_KEYS = ('combined_output', 'wou', 'wol', 'prior_fuzzy_distribution', 'ambiguity_rank')
+VARIANT_KEYS = ('combined_output', 'wou', 'wol', 'prior_fuzzy_distribution', 'ambiguity_rank',
+                'scale_labeled_ceinv', 'supervised_certainty', 'losses_version')
 VARIANT_ORDER = ('Baseline', '+CE⁻¹', '+CC', '+DC3')  # the rows of paper Table 4
+PAPER_PRIOR = 0.6  # the p_A of the paper's experiments (the spec's default)
+PAPER_DC3 = f'+DC3 (p_A={PAPER_PRIOR:g})'  # the paper's DC3 as our defaults run it
+LOSSES_VERSION = 2  # libml.dc3.LOSSES_VERSION: the losses that follow the original code
 
 
 def define_flags():
@@ -96,10 +102,24 @@ def variant_of(args):
     if combined == 4:
         if not uses_ceinv:
             return '+CC'
-        rank = args.get('ambiguity_rank', 'p_a')
-        rank = '' if rank == 'p_a' else f', L_A ranks {rank}'
-        return f'+DC3 (p_A={float(args.get("prior_fuzzy_distribution", 0.6)):g}{rank})'
+        return f'+DC3 (p_A={float(args.get("prior_fuzzy_distribution", 0.6)):g}' \
+               f'{"".join(_dc3_options(args))})'
     return f'combined_output={combined}'
+
+
+def _dc3_options(args):
+    """The parts of a DC3 run's label that say how it departs from the paper's DC3."""
+    options = []
+    rank = args.get('ambiguity_rank', 'p_a')
+    if rank != 'p_a':
+        options.append(f', L_A ranks {rank}; ours')
+    if int(args.get('scale_labeled_ceinv', 1)) == 0:
+        options.append(', labeled CE⁻¹ unscaled')
+    if args.get('supervised_certainty', 'labeled') != 'labeled':
+        options.append(f', CE scaled by {args["supervised_certainty"]} p_a')
+    if int(args.get('losses_version') or 1) < LOSSES_VERSION:
+        options.append('; losses before 2026-12-03')
+    return options
 
 
 def variant_rank(variant):
@@ -198,19 +218,22 @@ def table4(runs):
 
 
 def table2(runs):
-    """Per dataset and method: the best vanilla (Baseline) run against the best +DC3 run."""
+    """Per dataset and method: the best vanilla (Baseline) run against the best run of the
+    paper's DC3 (``PAPER_DC3``); then, against the same vanilla run, one row for every other
+    +DC3 variant of that cell (another p_A, our options, runs of the earlier losses)."""
     rows = []
     for (dataset, method), cell in runs.groupby(['dataset', 'method'], sort=True):
-        row = {'dataset': dataset, 'method': method}
-        for prefix, members in (('vanilla', cell[cell['variant'] == 'Baseline']),
-                                ('+DC3', cell[cell['variant'].str.startswith('+DC3')])):
-            best = best_run(members)
-            for name, key in TABLE_METRICS[:3]:
-                row[f'{prefix} {name}'] = np.nan if best is None else best[key]
-            row[f'{prefix} run'] = None if best is None else best['run_dir']
-        # The best +DC3 run's variant names the p_A it used.
-        row['+DC3 variant'] = None if best is None else best['variant']
-        rows.append(row)
+        vanilla = best_run(cell[cell['variant'] == 'Baseline'])
+        others = sorted(v for v in cell['variant'].unique()
+                        if v.startswith('+DC3') and v != PAPER_DC3)
+        for variant in [PAPER_DC3] + others:
+            best = best_run(cell[cell['variant'] == variant])
+            row = {'dataset': dataset, 'method': method, '+DC3 variant': variant}
+            for prefix, chosen in (('vanilla', vanilla), ('+DC3', best)):
+                for name, key in TABLE_METRICS[:3]:
+                    row[f'{prefix} {name}'] = np.nan if chosen is None else chosen[key]
+                row[f'{prefix} run'] = None if chosen is None else chosen['run_dir']
+            rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -16,7 +16,7 @@ from scripts import report, run_ablation  # noqa: E402
 
 BASE_ARGS = {'method': 'MeanTeacher', 'dataset_name': 'cifar10n', 'combined_output': 0,
              'wou': 0.0, 'wol': 0.0, 'wf': 0.1, 'ws': 0.1, 'prior_fuzzy_distribution': 0.6,
-             'lr': 0.03, 'filters': 32, 'train_kimg': 4, 'batch': 64}
+             'lr': 0.03, 'filters': 32, 'train_kimg': 4, 'batch': 64, 'losses_version': 2}
 
 
 def split_entry(f1, d, share, degenerate=False):
@@ -73,8 +73,14 @@ def test_variant_labels():
     assert report.variant_of({'combined_output': 0, 'wou': 0, 'wol': 0}) == 'Baseline'
     assert report.variant_of({'combined_output': 0, 'wou': 10, 'wol': 0}) == '+CE⁻¹'
     assert report.variant_of({'combined_output': 4, 'wou': 0, 'wol': 0}) == '+CC'
-    assert report.variant_of({'combined_output': 4, 'wou': 0, 'wol': 10,
+    assert report.variant_of({'combined_output': 4, 'wou': 0, 'wol': 10, 'losses_version': 2,
                               'prior_fuzzy_distribution': 0.32}) == '+DC3 (p_A=0.32)'
+    # args.json of the code before the losses followed the original has no losses_version.
+    assert report.variant_of({'combined_output': 4, 'wou': 0, 'wol': 10}) == \
+        '+DC3 (p_A=0.6; losses before 2026-12-03)'
+    assert report.variant_of({'combined_output': 4, 'wou': 10, 'wol': 10, 'losses_version': 2,
+                              'scale_labeled_ceinv': 0}) == \
+        '+DC3 (p_A=0.6, labeled CE⁻¹ unscaled)'
 
 
 def test_table4_best_mean_std_and_counts(runs_root, tmp_path):
@@ -124,6 +130,24 @@ def test_table2_vanilla_vs_dc3(runs_root, tmp_path):
         [85.0, 45.0, -40.0])
     md = (tmp_path / 'out' / 'table2.md').read_text()
     assert re.search(r'\| 75\.00 \| 50\.00 \| -25\.00 \| 85\.00 \| 45\.00 \| -40\.00 \|', md)
+
+
+def test_table2_dc3_column_is_the_papers_dc3_and_our_variants_get_their_own_rows(tmp_path):
+    root = tmp_path / 'train'
+    for seed in (1, 2):
+        make_run(root, seed, {}, (.70, .60, 0., False))
+        make_run(root, seed, DC3, (.72, .58, .4, False))
+        # Better by d - F1 than the paper's DC3, so a "best +DC3" column would pick them.
+        make_run(root, seed, dict(DC3, ambiguity_rank='uncertainty'), (.90, .40, .5, False))
+        make_run(root, seed, dict(DC3, losses_version=None), (.91, .30, .5, False))
+    _, t2, _ = report.write_report([str(root)], str(tmp_path / 'out'))
+    assert t2['+DC3 variant'].tolist() == [
+        '+DC3 (p_A=0.6)', '+DC3 (p_A=0.6, L_A ranks uncertainty; ours)',
+        '+DC3 (p_A=0.6; losses before 2026-12-03)']
+    assert t2['+DC3 F1'].tolist() == pytest.approx([72.0, 90.0, 91.0])
+    assert t2['vanilla F1'].tolist() == pytest.approx([70.0] * 3)
+    md = (tmp_path / 'out' / 'table2.md').read_text().splitlines()
+    assert '72.00' in md[next(i for i, line in enumerate(md) if '| MeanTeacher' in line)]
 
 
 def test_groups_split_on_hyperparameters_but_not_on_seeds(tmp_path):

@@ -1,0 +1,110 @@
+"""F1, d and the ambiguity head's AUROC at every report of every run below some folders.
+
+For each run folder (one with ``args.json``) and each of its reports (``reports/img*``), reads the
+prediction CSV of the split and the report's metrics from ``metrics.jsonl``, and writes one row:
+run, method, variant, seed, kimg, F1 on the certain images, d, d - F1, the share called ambiguous,
+accuracy, the AUROC of ``p_a`` against "the annotators disagree" (soft label without a class at 1)
+and the same AUROC for the classifier's ``1 - max p_n``. Writes ``curves.csv``, ``curves.md``
+(the last report of each run) and, when matplotlib is installed, ``curves.png`` (F1 and p_a's
+AUROC against kimg, one line per run).
+
+    python -m bench.ambiguity_curves experiments/cifar10n_long --out bench/out/long
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import pandas as pd
+
+from libml import io_utils, metrics
+from libml.errors import DC3Error
+from scripts import report
+
+
+def report_rows(run_dir, split):
+    args = io_utils.read_json(os.path.join(run_dir, 'args.json'), 'run arguments')
+    by_images = {}
+    jsonl = os.path.join(run_dir, 'metrics.jsonl')
+    if os.path.exists(jsonl):
+        with open(jsonl, encoding='utf-8') as f:
+            for line in f:
+                if line.strip():
+                    entry = json.loads(line)
+                    by_images[int(entry['images'])] = entry['splits'][split]['ema']
+    rows = []
+    for folder in sorted(glob.glob(os.path.join(run_dir, 'reports', 'img*'))):
+        images = int(os.path.basename(folder)[3:])
+        csv = os.path.join(folder, f'{split}.csv')
+        if images not in by_images or not os.path.exists(csv):
+            continue
+        pred = pd.read_csv(csv)
+        soft = pred[[c for c in pred if c.startswith('soft_')]].to_numpy()
+        probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
+        disagree = soft.max(axis=1) < 1
+        scores = by_images[images]
+        has_head = pred['ambiguity'].notna().any()
+        rows.append({
+            'run': os.path.basename(run_dir), 'method': args.get('method'),
+            'variant': report.variant_of(args), 'seed': args.get('dataset_seed'),
+            'kimg': images / 1024,
+            'F1': _pct(scores.get('f1_certain')), 'd': _pct(scores.get('inner_distance')),
+            'd-F1': _pct(scores.get('d_minus_f1')),
+            'ambiguous %': _pct(scores.get('ambiguous_share')),
+            'accuracy': _pct(scores.get('accuracy')),
+            'AUROC p_a': metrics.auroc(pred['ambiguity'], disagree) if has_head else None,
+            'AUROC 1-max p_n': metrics.auroc(1 - probs.max(axis=1), disagree)})
+    return rows
+
+
+def _pct(value):
+    return None if value is None else 100 * float(value)
+
+
+def plot(frame, path):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print('matplotlib is not installed: no plot (pip install matplotlib)', file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for (variant, method, seed), run in frame.groupby(['variant', 'method', 'seed']):
+        label = f'{method} {variant} s{seed}'
+        for ax, column in zip(axes, ('F1', 'd-F1', 'AUROC p_a')):
+            if run[column].notna().any():
+                ax.plot(run['kimg'], run[column], marker='o', label=label)
+    for ax, column in zip(axes, ('F1 on certain images (%)', 'd - F1 (%)', 'AUROC of p_a')):
+        ax.set_xlabel('kimg')
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('paths', nargs='+', help='run folders or folders that contain them')
+    p.add_argument('--split', default='val')
+    p.add_argument('--out', required=True, help='folder for curves.csv / .md / .png')
+    args = p.parse_args(argv)
+    rows = [row for run_dir in report.find_run_dirs(args.paths)
+            for row in report_rows(run_dir, args.split)]
+    if not rows:
+        raise DC3Error(f'no reports with {args.split}.csv below {", ".join(args.paths)}')
+    frame = pd.DataFrame(rows).sort_values(['method', 'variant', 'seed', 'kimg'])
+    os.makedirs(args.out, exist_ok=True)
+    io_utils.write_text(os.path.join(args.out, 'curves.csv'), frame.to_csv(index=False))
+    last = frame.groupby('run').tail(1)
+    io_utils.write_text(os.path.join(args.out, 'curves.md'),
+                        report.markdown(last.round(3).astype(str)))
+    plot(frame, os.path.join(args.out, 'curves.png'))
+    print(report.markdown(last.round(3).astype(str)))
+    return 0
+
+
+if __name__ == '__main__':
+    io_utils.run_cli(lambda _: main(sys.argv[1:]))
