@@ -134,19 +134,20 @@ def time_row(args, name, uratio, precision, tmp, info):
     """Builds the row's variants, warms them up and times them alternately; one dict per variant."""
     variants = [v for v in ('vanilla', 'dc3') if v in args.variants.split(',')]
     methods = {v: build(args, name, uratio, v == 'dc3', precision, tmp, info) for v in variants}
-    # Vanilla and DC3 share the input configuration: the same batches feed both.
-    batches = prefetch(methods[variants[0]], info)
+    # Each variant reads its own pipeline (the same seed, so the same images): the supervised
+    # baseline reads unlabeled views only with DC3.
+    batches = {v: prefetch(method, info) for v, method in methods.items()}
     trace_s, times, cpu = {}, {v: [] for v in variants}, {v: [] for v in variants}
     for v, method in methods.items():
-        trace_s[v] = timed(method._train_step, batches[0])[0]
+        trace_s[v] = timed(method._train_step, batches[v][0])[0]
         for i in range(args.warmup):
-            timed(method._train_step, batches[(i + 1) % len(batches)])
+            timed(method._train_step, batches[v][(i + 1) % len(batches[v])])
     load = os.getloadavg()[0]
     for i in range(args.steps):
         # Alternate the order every round (A B, B A, ...) so drift in machine load cancels.
         order = variants if i % 2 == 0 else variants[::-1]
         for v in order:
-            wall, cpu_s = timed(methods[v]._train_step, batches[i % len(batches)])
+            wall, cpu_s = timed(methods[v]._train_step, batches[v][i % len(batches[v])])
             times[v].append(wall)
             cpu[v].append(cpu_s)
     rows = []

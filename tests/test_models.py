@@ -68,3 +68,20 @@ def test_network_has_one_named_output_per_head():
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         'embedding': (2, 8), 'logits': (2, 3), 'ambiguity_logit': (2, 1)}
     assert net.get_layer('ambiguity_logit').kernel.shape == (8, 1)
+
+
+def test_heads_are_initialised_as_one_combined_glorot_layer():
+    # The original's single dense layer of k + k' + 1 outputs has std sqrt(2 / (fan_in + all));
+    # each of our named heads is drawn with that std. A vanilla network (one head) keeps Glorot's.
+    keras.utils.set_random_seed(0)
+    heads = {'logits': 10, 'overcluster_logits': 50, 'ambiguity_logit': 1}
+    net = models.build_network('resnet', 16, heads, filters=16, scales=3, repeat=1)
+    fan_in = net.get_layer('logits').kernel.shape[0]
+    expected = np.sqrt(2 / (fan_in + 61))
+    for head in ('logits', 'overcluster_logits'):
+        std = np.std(net.get_layer(head).kernel.numpy())
+        assert std == pytest.approx(expected, rel=0.12), head
+    vanilla = models.build_network('resnet', 16, {'logits': 10}, filters=16, scales=3, repeat=1)
+    std = np.std(vanilla.get_layer('logits').kernel.numpy())
+    assert std == pytest.approx(np.sqrt(2 / (fan_in + 10)), rel=0.12)
+    assert std > 1.2 * expected  # the two really differ at this fan_in

@@ -103,26 +103,26 @@ def get_ops(loss_tensor, x_over, u_class_frozen, u_over, u_amb, u_amb_frozen, u2
 # x: the live head outputs, x0: the same values frozen (stop_gradient / EMA network).
 # 'labeled', 'u1', 'u2' (the two unlabeled views), 'teacher' (the EMA network on u1).
 
-def original_mean_teacher(x, x0, class_weights, certain_l):
-    student, teacher = x['u2'], x0['teacher']
+def original_consistency(x, x0, teacher, weight, class_weights, certain_l):
+    """``mean_teacher.py`` and ``pi_model.py``: the student is the second view; the teacher is
+    the EMA network on the first (Mean Teacher) or ``tf.stop_gradient`` of the same network on
+    it (Pi-model)."""
+    student = x['u2']
     certain_u = 1 - sigmoid(x0['u2'][AMB][:, 0])
-    loss_mt = np.mean(np.mean((softmax(teacher[CLASS_HEAD]) - softmax(student[CLASS_HEAD])) ** 2,
-                              axis=-1) * certain_u)
+    loss_consistency = np.mean(np.mean(
+        (softmax(teacher[CLASS_HEAD]) - softmax(student[CLASS_HEAD])) ** 2, axis=-1) * certain_u)
     loss = np.mean(class_weights[LABELS] * sparse_xe(LABELS, x['labeled'][CLASS_HEAD]))
-    return get_ops(loss + loss_mt * 1.0 * 50.0, x['labeled'][OVER], x0['u2'][CLASS_HEAD],
-                   student[OVER], student[AMB][:, 0], x0['u2'][AMB][:, 0], teacher[OVER],
-                   LABELS, 0.95, certain_l)
+    return get_ops(loss + loss_consistency * 1.0 * weight, x['labeled'][OVER],
+                   x0['u2'][CLASS_HEAD], student[OVER], student[AMB][:, 0], x0['u2'][AMB][:, 0],
+                   teacher[OVER], LABELS, 0.95, certain_l)
+
+
+def original_mean_teacher(x, x0, class_weights, certain_l):
+    return original_consistency(x, x0, x0['teacher'], 50.0, class_weights, certain_l)
 
 
 def original_pi_model(x, x0, class_weights, certain_l):
-    student, teacher = x['u2'], x0['u1']  # logits_teacher = tf.stop_gradient(classifier(y_1))
-    certain_u = 1 - sigmoid(x0['u2'][AMB][:, 0])
-    loss_pm = np.mean(np.mean((softmax(teacher[CLASS_HEAD]) - softmax(student[CLASS_HEAD])) ** 2,
-                              axis=-1) * certain_u)
-    loss = np.mean(class_weights[LABELS] * sparse_xe(LABELS, x['labeled'][CLASS_HEAD]))
-    return get_ops(loss + loss_pm * 1.0 * 10.0, x['labeled'][OVER], x0['u2'][CLASS_HEAD],
-                   student[OVER], student[AMB][:, 0], x0['u2'][AMB][:, 0], teacher[OVER],
-                   LABELS, 0.95, certain_l)
+    return original_consistency(x, x0, x0['u1'], 10.0, class_weights, certain_l)
 
 
 def original_pseudo_label(x, x0, class_weights, certain_l):

@@ -1,0 +1,49 @@
+"""bench/ambiguity_curves.py on a fake run folder: every report becomes a row, AUROCs as sklearn's."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from bench import ambiguity_curves
+
+
+def fake_run(root, reports):
+    run = root / 'cifar10n.1@-1-10' / 'MeanTeacher_x'
+    run.mkdir(parents=True)
+    (run / 'args.json').write_text(json.dumps(
+        {'method': 'MeanTeacher', 'dataset_seed': 1, 'combined_output': 4, 'wou': 10, 'wol': 10,
+         'prior_fuzzy_distribution': 0.6, 'losses_version': 2}))
+    rng = np.random.default_rng(0)
+    with open(run / 'metrics.jsonl', 'w') as f:
+        for images, f1 in reports:
+            soft = np.eye(3)[rng.integers(3, size=40)]
+            soft[::3] = [0.5, 0.5, 0.0]
+            probs = rng.dirichlet(np.ones(3), size=40)
+            frame = {f'soft_{c}': soft[:, c] for c in range(3)}
+            frame.update({f'prob_{c}': probs[:, c] for c in range(3)})
+            frame['ambiguity'] = rng.uniform(size=40) + 0.3 * (soft.max(axis=1) < 1)
+            folder = run / 'reports' / f'img{images:010d}'
+            folder.mkdir(parents=True)
+            pd.DataFrame(frame).to_csv(folder / 'val.csv', index=False)
+            f.write(json.dumps({'images': images, 'splits': {'val': {'ema': {
+                'f1_certain': f1, 'inner_distance': 0.5, 'd_minus_f1': 0.5 - f1,
+                'ambiguous_share': 0.4, 'accuracy': 0.6}}}}) + '\n')
+    return run
+
+
+def test_one_row_per_report_with_independent_aurocs(tmp_path):
+    run = fake_run(tmp_path / 'runs', [(1024, 0.4), (2048, 0.5)])
+    rows = ambiguity_curves.report_rows(str(run), 'val')
+    assert [r['kimg'] for r in rows] == [1.0, 2.0]
+    assert [r['F1'] for r in rows] == pytest.approx([40.0, 50.0])
+    pred = pd.read_csv(run / 'reports' / 'img0000002048' / 'val.csv')
+    disagree = pred[['soft_0', 'soft_1', 'soft_2']].max(axis=1) < 1
+    assert rows[1]['AUROC p_a'] == pytest.approx(roc_auc_score(disagree, pred['ambiguity']))
+    top = pred[['prob_0', 'prob_1', 'prob_2']].max(axis=1)
+    assert rows[1]['AUROC 1-max p_n'] == pytest.approx(roc_auc_score(disagree, 1 - top))
+    assert rows[0]['variant'] == '+DC3 (p_A=0.6)'
+    out = tmp_path / 'out'
+    assert ambiguity_curves.main([str(tmp_path / 'runs'), '--out', str(out)]) == 0
+    assert len(pd.read_csv(out / 'curves.csv')) == 2
