@@ -554,7 +554,7 @@ def cluster_ids(pred):
 
 
 def write_predictions(path, split, pred):
-    """One CSV row per image: record fields, soft label, p_n, cluster, p_a and final output."""
+    """One CSV row per image: record fields, soft label, p_n, cluster, p_a, final output and p_o."""
     probs = pred['probs']
     clusters = pred.get('cluster_probs', probs)
     ambiguity = pred.get('ambiguity')
@@ -569,6 +569,10 @@ def write_predictions(path, split, pred):
     frame['ambiguity'] = ambiguity if ambiguity is not None else np.nan
     frame['output_kind'] = np.where(is_cluster, 'cluster', 'class')
     frame['output'] = np.where(is_cluster, frame['cluster'], np.argmax(probs, axis=1))
+    if 'cluster_probs' in pred:
+        # The full p_o (k' values), appended after the existing columns: the DCIC export needs
+        # every cluster confidence, not only the argmax above.
+        frame.update({f'cluster_prob_{j}': clusters[:, j] for j in range(clusters.shape[1])})
     pd.DataFrame(frame).to_csv(path, index=False, float_format='%.6g')
 
 

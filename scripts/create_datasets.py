@@ -83,6 +83,8 @@ class Source:
     soft: np.ndarray        # [n, k] float64, rows sum to 1
     known: np.ndarray       # [n] bool; False = unlabeled image without any label (uniform soft)
     skipped: list           # relative paths left out (unreadable or unannotated)
+    skipped_null_annotations: int = 0   # dcic: annotations with "class_label": null
+    dcic_dataset_name: str = None       # dcic: "dataset_name" of the first annotation set
 
     def subset(self, keep):
         keep = np.asarray(keep, dtype=bool)
@@ -319,7 +321,8 @@ def _dcic_relative(image_path):
 
 
 def read_annotations(input_dir, image_paths):
-    """``annotations.json`` -> (sorted classes, {relative path: Counter of class labels})."""
+    """``annotations.json`` -> (sorted classes, {relative path: Counter of class labels},
+    number of null annotations skipped, "dataset_name" of the first set or None)."""
     path = os.path.join(input_dir, ANNOTATIONS_FILE)
     if not os.path.isfile(path):
         raise DC3Error(f'{path} is missing; a DCIC dataset needs annotations.json next to '
@@ -335,6 +338,7 @@ def read_annotations(input_dir, image_paths):
     votes = collections.defaultdict(collections.Counter)
     labels = set()
     missing = []
+    null_labels = 0
     for set_index, annotation_set in enumerate(sets):
         set_name = f'annotation set {set_index}'
         if isinstance(annotation_set, dict) and isinstance(annotation_set.get('name'), str):
@@ -345,6 +349,11 @@ def read_annotations(input_dir, image_paths):
         if not isinstance(annotation_set['annotations'], list):
             raise DC3Error(f'{path}: "annotations" of {set_name} must be a list; fix the file')
         for number, annotation in enumerate(annotation_set['annotations']):
+            if isinstance(annotation, dict) and 'class_label' in annotation and \
+                    annotation['class_label'] is None:
+                # DCIC's own reader ignores such entries (an annotator who skipped the image).
+                null_labels += 1
+                continue
             for key in ('image_path', 'class_label'):
                 if not isinstance(annotation, dict) or key not in annotation:
                     raise DC3Error(f'{path}: annotation {number} of {set_name} lacks the key '
@@ -365,7 +374,10 @@ def read_annotations(input_dir, image_paths):
                        f'of an image under {_quote(input_dir)}')
     if not labels:
         raise DC3Error(f'{path} holds no annotations; add annotation sets with labeled images')
-    return tuple(sorted(labels)), votes
+    # DCIC names the dataset after its first set; the DCIC export reuses that name.
+    dataset_name = sets[0].get('dataset_name') if sets else None
+    return (tuple(sorted(labels)), votes, null_labels,
+            dataset_name if isinstance(dataset_name, str) and dataset_name else None)
 
 
 def scan_dcic(input_dir, skip_unannotated):
@@ -382,7 +394,7 @@ def scan_dcic(input_dir, skip_unannotated):
         files = _list_images(input_dir, fold, 'fold')
         paths.extend(files)
         groups.extend([fold] * len(files))
-    classes, votes = read_annotations(input_dir, set(paths))
+    classes, votes, null_labels, dataset_name = read_annotations(input_dir, set(paths))
     unannotated = [p for p in paths if p not in votes]
     if unannotated and not skip_unannotated:
         raise DC3Error(f'{len(unannotated)} image(s) have no annotation in {ANNOTATIONS_FILE}, '
@@ -394,7 +406,8 @@ def scan_dcic(input_dir, skip_unannotated):
     annotated = soft.sum(axis=1) > 0
     soft[annotated] /= soft[annotated].sum(axis=1, keepdims=True)
     source = Source(layout='dcic', classes=classes, paths=paths, groups=groups, soft=soft,
-                    known=np.ones(len(paths), dtype=bool), skipped=list(unannotated))
+                    known=np.ones(len(paths), dtype=bool), skipped=list(unannotated),
+                    skipped_null_annotations=null_labels, dcic_dataset_name=dataset_name)
     return source.subset(annotated)
 
 
@@ -590,6 +603,10 @@ def build_meta(config, name, seed, source, splits, labels):
         'slice': config.slice_index if dcic else None,
         'labeled_fraction': config.labeled_fraction if dcic else None,
         'keep_test': bool(config.keep_test) if dcic else None,
+        # With keep_test off, DCIC's test fold is trained on: the DCIC export refuses such data.
+        'dcic_test_fold': dcic_fold_roles(config.slice_index, True)[1] if dcic else None,
+        'dcic_dataset_name': source.dcic_dataset_name if dcic else None,
+        'skipped_null_annotations': source.skipped_null_annotations if dcic else None,
         'splits': summaries,
         'class_weights': records.class_weights_from_counts(train_counts),
         'ambiguous_fraction': ambiguous,
@@ -626,6 +643,9 @@ def import_dataset(config):
                 logging.warning('skipped unreadable or unannotated image %r', path)
             print(f'skipped {len(source.skipped)} unreadable or unannotated file(s); they are '
                   'listed under skipped_files in meta.json')
+        if source.skipped_null_annotations:
+            print(f'skipped {source.skipped_null_annotations} annotation(s) with "class_label": '
+                  'null, as DCIC does; counted in meta.json')
         # Plan every seed before writing any, so a bad split leaves no output at all.
         plans = {}
         for seed in config.seeds:
@@ -662,7 +682,8 @@ def define_flags():
                          '((v+1) mod 5)+1.')
     flags.DEFINE_float('labeled_fraction', 0.2, 'DCIC: share of the training pool that is labeled.')
     flags.DEFINE_integer('keep_test', 0, 'DCIC: 1 = write the test fold as a test split instead of '
-                         'adding it to the training pool.')
+                         'adding it to the training pool; export_proposals.py refuses data '
+                         'imported with 0, whose DCIC test fold was trained on.')
     flags.DEFINE_integer('skip_corrupt', 0, '1 = skip unreadable or unannotated images (with a '
                          'warning) instead of failing.')
     flags.DEFINE_string('data_dir', None, 'Output root; default $ML_DATA or ./data.')

@@ -2,19 +2,26 @@
 """Exports one run's predictions: DCIC label proposals, per-cluster galleries and a t-SNE plot.
 
     python scripts/export_proposals.py --run_dir RUN [--report latest|img0000065536] --split val \\
-        --out DIR --name NAME --data_dir data
+        --out DIR [--name ID] --data_dir data [--allow_test_fold_in_training 1]
 
 Writes into ``--out``:
-* ``proposals.json`` — the prediction import format of the DCIC benchmark: one proposal set with
-  a class label (certain images) or a cluster label (ambiguous images) per image.
+* ``predictions-<ID>-<method>-<s2c2|no>#dataset-<DCIC name>-no_alg-01-<fraction>-<slice>``
+  ``.1@-1-10.json`` — what DCIC's ``src/algorithms/predictions_import.py`` reads, for a dataset
+  imported from the DCIC layout: one file for the dataset's slice holding every split of the
+  report as a set named after the split (class confidences ``p_n``) and, for runs with an
+  overclustering head, a set ``fuzzy_<split>`` with the full overcluster confidences ``p_o`` (k'
+  values). A dataset whose DCIC test fold was in the training pool (imported with
+  ``--keep_test 0``) is refused unless ``--allow_test_fold_in_training 1``.
 * ``galleries/cluster_<id>.png`` — per cluster of images predicted ambiguous, a grid of its most
   confident members with a caption giving its size and mean soft label.
 * ``tsne.png`` — t-SNE of the report's embeddings coloured by output and by ground-truth
   ambiguity; only if matplotlib is installed and the report saved ``<split>_embeddings.npy``.
 """
 import datetime
+import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -40,7 +47,12 @@ def define_flags():
     flags.DEFINE_string('report', 'latest', '"latest" or a report folder name like img0000065536.')
     flags.DEFINE_enum('split', 'val', ['train', 'unlabeled', 'val', 'test'], 'Split to export.')
     flags.DEFINE_string('out', None, 'Output folder.')
-    flags.DEFINE_string('name', None, 'Name of the proposal set (default: the run folder name).')
+    flags.DEFINE_string('name', None, 'Experiment id in the DCIC file name (default: the run '
+                        'folder name).')
+    flags.DEFINE_string('dcic_dataset', None, 'DCIC dataset name (default: dataset_name of the '
+                        'imported annotations.json, else the raw folder name).')
+    flags.DEFINE_integer('allow_test_fold_in_training', 0, '1 = export even though the DCIC test '
+                         'fold was in the training pool (--keep_test 0): its scores are biased.')
     flags.DEFINE_string('data_dir', records.default_data_dir(), 'Folder of the generated datasets.')
     flags.DEFINE_integer('gallery_size', 36, 'Images per cluster gallery at most.')
     flags.DEFINE_integer('tsne_seed', 0, 'Random seed of t-SNE.')
@@ -78,21 +90,117 @@ def dataset_folder_name(meta):
 # Proposals
 # ---------------------------------------------------------------------------------------------
 
-def build_proposals(frame, class_probs, classes, args, name, identifier, folder_name, now=None):
-    """The DCIC prediction-import object (a list with one proposal set)."""
-    predictions = []
-    for row, probs in zip(frame.itertuples(index=False), class_probs):
-        is_cluster = row.output_kind == 'cluster'
-        class_id = int(np.argmax(probs)) if is_cluster else int(row.output)
-        predictions.append({
-            'image_path': f'{folder_name}/{row.path}',
-            'class_label': classes[class_id],
-            'cluster_label': f'cluster-{int(row.output)}' if is_cluster else None,
-            'confidences': [float(p) for p in probs],
-        })
-    now = now or datetime.datetime.now()
-    return [{'name': name, 'config': args, 'identifier': identifier,
-             'created_at': now.strftime(CREATED_AT_FORMAT), 'predictions': predictions}]
+# DCIC's importer finds a run's file by these substrings ("mean-no", "mean-s2c2", ...).
+DCIC_METHOD_KEYS = {'MeanTeacher': 'mean', 'PiModel': 'pi', 'PseudoLabel': 'pseudo',
+                    'FixMatch': 'fixmatch'}
+# The DCIC file name parse needs exactly this ending after the slice number.
+DCIC_SUFFIX = '.1@-1-10.json'
+EXPORT_SPLITS = ('train', 'unlabeled', 'val', 'test')
+
+
+def cluster_prob_columns(frame):
+    """The ``cluster_prob_<j>`` columns (full p_o) of a prediction CSV, in head order."""
+    count = sum(c.startswith('cluster_prob_') for c in frame.columns)
+    return [f'cluster_prob_{j}' for j in range(count)]
+
+
+def dcic_dataset_name(meta, override=None):
+    """The name DCIC knows the dataset by; it ends up between '-' separators of the file name."""
+    name = override or meta.get('dcic_dataset_name') or dataset_folder_name(meta)
+    if '-' in name or '/' in name:
+        raise DC3Error(f'DCIC dataset name {name!r} contains "-" or "/", which DCIC\'s file name '
+                       'parse cannot read; pass --dcic_dataset with the name DCIC uses')
+    return name
+
+
+def check_test_fold(meta, allow=False):
+    """Refuses data whose DCIC test fold was trained on, unless explicitly allowed."""
+    if meta.get('layout') != 'dcic' or meta.get('keep_test') or allow:
+        return
+    fold = meta.get('dcic_test_fold') or 'the test fold'
+    raise DC3Error(f'dataset {meta.get("name", "?")} was imported with --keep_test 0, so DCIC\'s '
+                   f'test fold ({fold}) was in the training pool and a DCIC evaluation would score '
+                   'trained-on images; re-import with --keep_test 1 and retrain, or pass '
+                   '--allow_test_fold_in_training 1')
+
+
+def dcic_file_name(identifier, method, has_clusters, dataset, labeled_fraction, slice_index):
+    """``predictions-<id>-<method>-<s2c2|no>#dataset-<name>-no_alg-01-<f>-<v>.1@-1-10.json``.
+
+    The run is trained on one sampled annotation per labeled image, i.e. DCIC's initial
+    annotations without a label-improvement algorithm: ``no_alg`` with 1 annotation.
+    """
+    safe_id = re.sub(r'[^A-Za-z0-9_.]', '_', identifier)
+    key = DCIC_METHOD_KEYS.get(method, re.sub(r'[^a-z0-9_]', '_', str(method).lower()))
+    head = 's2c2' if has_clusters else 'no'
+    return (f'predictions-{safe_id}-{key}-{head}#dataset-{dataset}-no_alg-01-'
+            f'{float(labeled_fraction):0.2f}-{int(slice_index)}{DCIC_SUFFIX}')
+
+
+def build_dcic_sets(frames, classes, config_text, identifier, dataset, now=None):
+    """DCIC prediction sets for ``frames`` ({split: prediction CSV frame}).
+
+    Per split a set named after it with p_n as confidences (DCIC checks that the class label is
+    their argmax) and, when the CSV holds p_o, a set ``fuzzy_<split>`` with p_o as confidences:
+    DCIC maps the argmax of those to classes by purity, so the cluster label is that argmax.
+    """
+    created_at = (now or datetime.datetime.now()).strftime(CREATED_AT_FORMAT)
+    sets = []
+    for kind in ('', 'fuzzy_'):
+        for split, frame in frames.items():
+            probs = frame[[f'prob_{c}' for c in range(len(classes))]].to_numpy(np.float64)
+            if kind:
+                columns = cluster_prob_columns(frame)
+                if not columns:
+                    continue
+                confidences = frame[columns].to_numpy(np.float64)
+                cluster = np.argmax(confidences, axis=1)
+            else:
+                confidences = probs
+                is_cluster = (frame['output_kind'] == 'cluster').to_numpy()
+                cluster = np.where(is_cluster, frame['output'].to_numpy(), -1)
+            predictions = [{
+                'image_path': f'{dataset}/{path}',
+                'class_label': classes[int(np.argmax(p))],
+                'cluster_label': int(c) if c >= 0 else None,
+                'confidences': [float(v) for v in conf],
+            } for path, p, c, conf in zip(frame['path'], probs, cluster, confidences)]
+            sets.append({'name': f'{kind}{split}', 'config': config_text,
+                         'identifier': identifier, 'created_at': created_at,
+                         'predictions': predictions})
+    return sets
+
+
+def write_dcic_export(out, run_dir, args, meta, classes, report_dir, name=None,
+                      dcic_dataset=None):
+    """Writes the DCIC prediction file; returns its path, or None for a non-DCIC dataset."""
+    if meta.get('layout') != 'dcic':
+        print('warning: the dataset was not imported from the DCIC layout (it has no DCIC slice); '
+              'no DCIC prediction file written', file=sys.stderr)
+        return None
+    identifier = name or os.path.basename(run_dir)
+    dataset = dcic_dataset_name(meta, dcic_dataset)
+    frames = {}
+    for split in EXPORT_SPLITS:
+        path = os.path.join(report_dir, f'{split}.csv')
+        if os.path.exists(path):
+            frames[split] = metrics.read_predictions(path)['frame']
+    has_clusters = any(cluster_prob_columns(f) for f in frames.values())
+    if has_clusters and len(cluster_prob_columns(next(iter(frames.values())))) == len(classes):
+        # DCIC tells cluster from class confidences by their length only.
+        print("warning: k' equals the number of classes, so DCIC would read p_o as class "
+              'confidences; fuzzy sets left out', file=sys.stderr)
+        frames = {s: f.drop(columns=cluster_prob_columns(f)) for s, f in frames.items()}
+        has_clusters = False
+    # DCIC's reader calls vars() on a config that is not a string.
+    sets = build_dcic_sets(frames, classes, json.dumps(args, sort_keys=True), identifier, dataset)
+    file_name = dcic_file_name(identifier, args.get('method'), has_clusters, dataset,
+                               meta.get('labeled_fraction'), meta.get('slice'))
+    path = os.path.join(out, file_name)
+    io_utils.write_text(path, json.dumps(sets) + '\n')
+    print(f'wrote {len(sets)} DCIC prediction sets ({", ".join(s["name"] for s in sets)}) to '
+          f'{path}')
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +307,8 @@ def write_tsne(path, embeddings_path, frame, soft_labels, classes, seed=0):
 # ---------------------------------------------------------------------------------------------
 
 def export(run_dir, out, split='val', report='latest', name=None, data_dir='data',
-           gallery_size=36, tsne_seed=0):
+           gallery_size=36, tsne_seed=0, dcic_dataset=None, allow_test_fold_in_training=False):
+    """Writes the DCIC file, galleries and t-SNE; returns the DCIC file path (or None)."""
     run_dir = os.path.normpath(run_dir)
     args = io_utils.read_json(os.path.join(run_dir, 'args.json'), 'run arguments')
     report_dir = find_report(run_dir, report)
@@ -210,14 +319,12 @@ def export(run_dir, out, split='val', report='latest', name=None, data_dir='data
     info = records.load_dataset_info(data_dir, args['dataset_name'], int(args['dataset_seed']))
     meta = io_utils.read_json(os.path.join(info.directory, records.META_FILE), 'dataset metadata')
     classes = list(report_meta.get('classes') or info.classes)
+    check_test_fold(meta, allow_test_fold_in_training)
 
     predictions = metrics.read_predictions(csv_path)
     frame = predictions['frame']
-    identifier = os.path.basename(run_dir)
-    proposals = build_proposals(frame, predictions['class_probs'], classes, args,
-                                name or identifier, identifier, dataset_folder_name(meta))
-    io_utils.write_json(os.path.join(out, 'proposals.json'), proposals)
-    print(f'wrote {len(frame)} proposals to {os.path.join(out, "proposals.json")}')
+    dcic_path = write_dcic_export(out, run_dir, args, meta, classes, report_dir, name,
+                                  dcic_dataset)
 
     if (frame['output_kind'] == 'cluster').any():
         split_data = records.read_split_numpy(info.directory, split, len(classes))
@@ -231,14 +338,18 @@ def export(run_dir, out, split='val', report='latest', name=None, data_dir='data
 
     write_tsne(os.path.join(out, 'tsne.png'), os.path.join(report_dir, f'{split}_embeddings.npy'),
                frame, predictions['soft_labels'], classes, tsne_seed)
-    return proposals
+    return dcic_path
 
 
 def main(argv):
     if len(argv) > 1:
         raise DC3Error(f'unexpected arguments: {" ".join(argv[1:])}')
+    if FLAGS.allow_test_fold_in_training not in (0, 1):
+        raise DC3Error(f'--allow_test_fold_in_training {FLAGS.allow_test_fold_in_training} must '
+                       'be 0 or 1')
     export(FLAGS.run_dir, FLAGS.out, FLAGS.split, FLAGS.report, FLAGS.name, FLAGS.data_dir,
-           FLAGS.gallery_size, FLAGS.tsne_seed)
+           FLAGS.gallery_size, FLAGS.tsne_seed, FLAGS.dcic_dataset,
+           bool(FLAGS.allow_test_fold_in_training))
 
 
 if __name__ == '__main__':

@@ -4,7 +4,8 @@
 Output, in the DCIC raw layout that ``create_datasets.py`` reads::
 
     <out>/<name>/fold1..fold5/img_00000.png
-    <out>/<name>/annotations.json   one annotation set per simulated annotator
+    <out>/<name>/annotations.json   one anonymised annotation set per simulated annotator, in the
+                                    DCIC format (user_mail "INVALID", dataset_name --dataset_name)
     <out>/<name>/truth.csv          image_path (relative to <out>/<name>), class_a, class_b, alpha,
                                     then the true soft label, one column per class
     <out>/<name>/README.md          how it was generated
@@ -26,6 +27,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import sys
 
 if __name__ == '__main__':
@@ -43,12 +45,17 @@ NUM_FOLDS = 5
 ALPHA_RANGE = (0.25, 0.5)
 MAX_SHIFT = 0.25            # ring-centre shift, as a fraction of the half image width
 RING_FREQUENCIES = (1.0, 3.0)   # rings per half image width, spread over the classes
+# Datasets DCIC defines itself; a generated set under one of these names would be mistaken for it.
+DCIC_BUILTIN_NAMES = ('Benthic', 'CIFAR10H', 'MiceBone', 'Pig', 'Plankton', 'QualityMRI',
+                      'Synthetic', 'Treeversity#1', 'Treeversity#6', 'Turkey')
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     out: str = 'data/raw'
-    name: str = 'Synthetic'
+    name: str = 'Synthetic'             # the folder; the project's dataset name is it lowercased
+    # The DCIC dataset name; DCIC ships its own, unrelated 'Synthetic', so ours differs.
+    dataset_name: str = 'DC3Synthetic'
     num_images: int = 2000
     num_classes: int = 4
     image_size: int = 32
@@ -75,6 +82,11 @@ def check_config(config):
         raise DC3Error(f'--noise {config.noise} must be non-negative')
     if not config.name or os.sep in config.name or config.name.startswith('.'):
         raise DC3Error(f'--name {config.name!r} must be a plain folder name, e.g. Synthetic')
+    if not re.fullmatch(r'[A-Za-z0-9_]+', config.dataset_name) or \
+            config.dataset_name in DCIC_BUILTIN_NAMES:
+        raise DC3Error(f'--dataset_name {config.dataset_name!r} must be letters, digits and "_" '
+                       '(DCIC splits file names on "-") and not the name of a DCIC dataset; '
+                       'e.g. DC3Synthetic')
 
 
 def class_names(num_classes):
@@ -157,12 +169,13 @@ def write_dataset(config):
             Image.fromarray(image).save(buffer, format='PNG')
             with open(os.path.join(tmp, file), 'wb') as f:
                 f.write(buffer.getvalue())
+        # DCIC only loads anonymised sets: user_mail "INVALID" and "INVALID" in the set name.
         annotation_sets = [{
-            'name': f'synthetic-annotator-{j + 1}',
-            'dataset_name': config.name,
-            'user_mail': f'annotator{j + 1}@synthetic.invalid',
+            'name': f'INVALID_annotator{j + 1}',
+            'dataset_name': config.dataset_name,
+            'user_mail': 'INVALID',
             'annotation_time': 0.0,
-            'annotations': [{'image_path': f'{config.name}/{file}',
+            'annotations': [{'image_path': f'{config.dataset_name}/{file}',
                              'class_label': names[votes[i, j]],
                              'created_at': '01-01-2022-00-00-00'} for i, file in enumerate(files)],
         } for j in range(config.annotators)]
@@ -190,6 +203,8 @@ def define_flags():
     """Defined only when run as a script, so importing this module (tests) adds no flags."""
     flags.DEFINE_string('out', 'data/raw', 'Folder to write <out>/<name>/ into.')
     flags.DEFINE_string('name', 'Synthetic', 'Dataset folder name.')
+    flags.DEFINE_string('dataset_name', SyntheticConfig.dataset_name, 'Dataset name inside '
+                        'annotations.json (the name DCIC knows it by).')
     flags.DEFINE_integer('num_images', 2000, 'Number of images (spread evenly over 5 folds).')
     flags.DEFINE_integer('num_classes', 4, 'Number of classes.')
     flags.DEFINE_integer('image_size', 32, 'Image width and height in pixels.')
@@ -205,8 +220,8 @@ def main(argv):
         raise DC3Error(f'unexpected arguments {argv[1:]!r}; all options are --flags')
     f = flags.FLAGS
     path = write_dataset(SyntheticConfig(
-        out=f.out, name=f.name, num_images=f.num_images, num_classes=f.num_classes,
-        image_size=f.image_size, annotators=f.annotators,
+        out=f.out, name=f.name, dataset_name=f.dataset_name, num_images=f.num_images,
+        num_classes=f.num_classes, image_size=f.image_size, annotators=f.annotators,
         ambiguous_fraction=f.ambiguous_fraction, noise=f.noise, seed=f.seed))
     print(f'wrote {path}')
 

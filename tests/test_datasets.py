@@ -520,6 +520,37 @@ def test_skip_corrupt_skips_and_counts(tmp_path, capsys):
     assert 'skipped 3 ' in capsys.readouterr().out
 
 
+def test_null_class_labels_are_skipped_and_counted(tmp_path, capsys):
+    """DCIC ignores annotations whose class_label is null; so does the importer."""
+    folder, _, votes = make_dcic(tmp_path / 'raw')
+    sets = load_annotations(folder)
+    for image in ('Toy/fold2/im_2_1.png', 'Toy/fold4/im_4_3.png', 'Toy/fold4/im_4_3.png'):
+        sets[1]['annotations'].append({'image_path': image, 'class_label': None,
+                                       'created_at': '01-01-2021-00-00-00'})
+    write_annotations(folder, sets)
+    [directory] = create_datasets.import_dataset(config(folder, tmp_path / 'data',
+                                                        keep_test=True))
+    meta, data = read_output(directory)
+    check_consistent(meta, data)
+    assert meta['skipped_null_annotations'] == 3
+    assert meta['dcic_dataset_name'] == 'Toy' and meta['dcic_test_fold'] == 'fold3'
+    classes = meta['classes']
+    assert None not in classes
+    for columns in data.values():
+        for path, soft in zip(columns['path'], columns['soft_label']):
+            np.testing.assert_allclose(soft, soft_from_votes(votes[path], classes), atol=1e-6)
+    assert 'skipped 3 annotation(s)' in capsys.readouterr().out
+    # An image left with only null annotations is unannotated.
+    sets = load_annotations(folder)
+    for annotation_set in sets:
+        for annotation in annotation_set['annotations']:
+            if annotation['image_path'] == 'Toy/fold5/im_5_0.png':
+                annotation['class_label'] = None
+    write_annotations(folder, sets)
+    with pytest.raises(DC3Error, match='fold5/im_5_0.png'):
+        create_datasets.import_dataset(config(folder, tmp_path / 'data2'))
+
+
 def test_failure_keeps_previous_output(tmp_path, monkeypatch):
     folder, _, _ = make_dcic(tmp_path / 'raw')
     data_dir = tmp_path / 'data'
@@ -662,11 +693,32 @@ def test_synthetic_classes_are_learnable_and_flip_invariant(tmp_path):
     np.testing.assert_allclose(image[:, ::-1], image, atol=1e-12)
 
 
+def test_synthetic_annotations_are_anonymised_for_dcic(tmp_path):
+    folder = _synthetic(tmp_path, num_images=20, annotators=3)
+    sets = load_annotations(folder)
+    assert len(sets) == 3
+    for annotation_set in sets:
+        # The checks DCIC's AnnotationJson.from_file makes before it loads a set.
+        assert annotation_set.get('user_mail', 'INVALID') == 'INVALID'
+        assert 'INVALID' in annotation_set.get('name', 'INVALID')
+        # DCIC has its own dataset called Synthetic; DCIC file names are split on '-'.
+        assert annotation_set['dataset_name'] not in ('Synthetic', '')
+        assert '-' not in annotation_set['dataset_name']
+        assert all(a['image_path'].startswith(annotation_set['dataset_name'] + '/')
+                   for a in annotation_set['annotations'])
+    assert folder.name == 'Synthetic'        # the raw folder, and so the name 'synthetic', stay
+    for bad in ('Synthetic', 'my-set', ''):
+        with pytest.raises(DC3Error, match='--dataset_name'):
+            _synthetic(tmp_path / bad.replace('-', '_'), dataset_name=bad)
+
+
 def test_synthetic_imports(tmp_path):
     folder = _synthetic(tmp_path / 'raw', num_images=50)
     [directory] = create_datasets.import_dataset(config(folder, tmp_path / 'data'))
     meta, data = read_output(directory)
     assert meta['name'] == 'synthetic' and meta['classes'] == make_synthetic.class_names(4)
+    assert meta['dcic_dataset_name'] == make_synthetic.SyntheticConfig().dataset_name
+    assert meta['skipped_null_annotations'] == 0
     check_consistent(meta, data)
     assert sum(len(c['path']) for c in data.values()) == 50
 
