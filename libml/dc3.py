@@ -38,7 +38,6 @@ OVERCLUSTER_HEAD = 'overcluster_logits'
 AMBIGUITY_HEAD = 'ambiguity_logit'
 EPS = 1e-6          # clip of L_A's and L_S's probabilities (the original's ``be`` and ``ce``)
 CEINV_EPS = 1e-7    # clip of CE^-1's probabilities (the original uses Keras' epsilon there)
-CONFIDENCE = 0.95   # unlabeled CE^-1 terms count only for images whose max p_n reaches this
 AMBIGUITY_RANKS = ('p_a', 'uncertainty')
 SUPERVISED_CERTAINTY = ('labeled', 'unlabeled')
 # Recorded in args.json: runs of the code before the losses followed the original code (no such

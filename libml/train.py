@@ -109,7 +109,7 @@ class Views:
     """
     main: dict = None
     other: dict = None
-    confidence: float = 0.95
+    confidence: float = 0.95    # the original DC3 code's threshold, unless the method has its own
 
 
 @dataclasses.dataclass
