@@ -117,14 +117,14 @@ def check_test_fold(meta, allow=False):
     """Refuses data whose DCIC test fold was trained on, unless explicitly allowed."""
     if meta.get('layout') != 'dcic' or meta.get('keep_test') or allow:
         return
-    fold = meta.get('dcic_test_fold') or 'the test fold'
+    fold = f' ({meta["dcic_test_fold"]})' if meta.get('dcic_test_fold') else ''
     raise DC3Error(f'dataset {meta.get("name", "?")} was imported with --keep_test 0, so DCIC\'s '
-                   f'test fold ({fold}) was in the training pool and a DCIC evaluation would score '
+                   f'test fold{fold} was in the training pool and a DCIC evaluation would score '
                    'trained-on images; re-import with --keep_test 1 and retrain, or pass '
                    '--allow_test_fold_in_training 1')
 
 
-def dcic_file_name(identifier, method, has_clusters, dataset, labeled_fraction, slice_index):
+def dcic_file_name(identifier, method, is_dc3, dataset, labeled_fraction, slice_index):
     """``predictions-<id>-<method>-<s2c2|no>#dataset-<name>-no_alg-01-<f>-<v>.1@-1-10.json``.
 
     The run is trained on one sampled annotation per labeled image, i.e. DCIC's initial
@@ -132,7 +132,7 @@ def dcic_file_name(identifier, method, has_clusters, dataset, labeled_fraction, 
     """
     safe_id = re.sub(r'[^A-Za-z0-9_.]', '_', identifier)
     key = DCIC_METHOD_KEYS.get(method, re.sub(r'[^a-z0-9_]', '_', str(method).lower()))
-    head = 's2c2' if has_clusters else 'no'
+    head = 's2c2' if is_dc3 else 'no'
     return (f'predictions-{safe_id}-{key}-{head}#dataset-{dataset}-no_alg-01-'
             f'{float(labeled_fraction):0.2f}-{int(slice_index)}{DCIC_SUFFIX}')
 
@@ -186,15 +186,21 @@ def write_dcic_export(out, run_dir, args, meta, classes, report_dir, name=None,
         if os.path.exists(path):
             frames[split] = metrics.read_predictions(path)['frame']
     has_clusters = any(cluster_prob_columns(f) for f in frames.values())
+    # DCIC tells a DC3 (S2C2) run from a vanilla one by this key of the file name.
+    is_dc3 = int(args.get('combined_output', 0)) == 4 or float(args.get('wou', 0)) > 0 or \
+        float(args.get('wol', 0)) > 0
+    if is_dc3 and not has_clusters:
+        print('warning: the report\'s CSVs hold no p_o (cluster_prob_* columns; written before '
+              'they were kept): no fuzzy sets; re-evaluate the checkpoint with --eval_ckpt for '
+              'them', file=sys.stderr)
     if has_clusters and len(cluster_prob_columns(next(iter(frames.values())))) == len(classes):
         # DCIC tells cluster from class confidences by their length only.
         print("warning: k' equals the number of classes, so DCIC would read p_o as class "
               'confidences; fuzzy sets left out', file=sys.stderr)
         frames = {s: f.drop(columns=cluster_prob_columns(f)) for s, f in frames.items()}
-        has_clusters = False
     # DCIC's reader calls vars() on a config that is not a string.
     sets = build_dcic_sets(frames, classes, json.dumps(args, sort_keys=True), identifier, dataset)
-    file_name = dcic_file_name(identifier, args.get('method'), has_clusters, dataset,
+    file_name = dcic_file_name(identifier, args.get('method'), is_dc3, dataset,
                                meta.get('labeled_fraction'), meta.get('slice'))
     path = os.path.join(out, file_name)
     io_utils.write_text(path, json.dumps(sets) + '\n')

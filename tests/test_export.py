@@ -118,8 +118,8 @@ def make_run(root, name, rows=None, vanilla=False, older_rows=None, embeddings=F
              method='MeanTeacher'):
     run_dir = root / 'toy.1@-1-10' / name
     args = {'method': method, 'dataset': 'toy.1@-1-10', 'dataset_name': 'toy',
-            'dataset_seed': 1, 'seed': 0, 'combined_output': 0 if vanilla else 4, 'wou': 10.0,
-            'lr': 1e-05}
+            'dataset_seed': 1, 'seed': 0, 'combined_output': 0 if vanilla else 4,
+            'wou': 0.0 if vanilla else 10.0, 'wol': 0.0 if vanilla else 10.0, 'lr': 1e-05}
     split_rows = dict(SPLIT_ROWS, val=rows or ROWS)
     reports = [('img0000001024', split_rows)] + (
         [('img0000000512', {'val': older_rows})] if older_rows else [])
@@ -333,3 +333,17 @@ def test_cli(tmp_path, data_dir):
 
 def test_ablation_prior_comes_from_meta(data_dir):
     assert run_ablation.dataset_prior_from_meta(data_dir, 'toy', 1) == pytest.approx(0.44)
+
+
+def test_dc3_run_is_named_s2c2_even_without_p_o_in_its_csvs(tmp_path, data_dir, capsys):
+    # A report written before the CSVs kept p_o: still a DC3 run for DCIC's file selection.
+    run_dir = make_run(tmp_path / 'train', 'MeanTeacher_old', ROWS)
+    for csv in run_dir.glob('reports/*/*.csv'):
+        frame = pd.read_csv(csv)
+        frame.drop(columns=[c for c in frame if c.startswith('cluster_prob_')]).to_csv(
+            csv, index=False)
+    export.export(str(run_dir), str(tmp_path / 'export'), data_dir=data_dir)
+    file, _, sets = dcic_read(tmp_path / 'export', DCIC_NAME, 1, FRACTION, SLICE, 'mean-s2c2')
+    assert file.startswith('predictions-MeanTeacher_old-mean-s2c2#dataset-')
+    assert not any(name.startswith('fuzzy_') for name in sets)
+    assert 'no fuzzy sets' in capsys.readouterr().err
