@@ -11,6 +11,10 @@
 #                                    every 16 kimg -> experiments/cifar10n_long
 #   bench/faithful_rerun.sh curves   F1, d and p_a's AUROC at every report of both series
 #                                    -> bench/out/faithful_{table2,long}/
+#   bench/faithful_rerun.sh relabel  issue #16: Mean Teacher vanilla / DC3 / uncertainty, seeds
+#                                    1-3 (the table2 runs), then the simulated relabeling with
+#                                    their proposals (BENCHMARKS.md section 10)
+#                                    -> bench/out/relabel_cifar10n/
 #
 # MIXED_PRECISION (default 1) as in section 7; set 0 on CPUs without bf16 instructions.
 set -euo pipefail
@@ -25,17 +29,26 @@ ablation() {  # ablation TRAIN_DIR SEEDS METHODS VARIANTS EXTRA
     --variants "$4" --train_dir "$1" --extra "$5"
 }
 
+TABLE2_OUT=experiments/cifar10n_faithful
+TABLE2_EXTRA="$BASE --train_kimg 24 --report_kimg 8 --save_kimg 8"
+
+mean_teacher_series() {  # the three Mean Teacher runs of every seed: Table 2's and #16's
+  for seed in 1 2 3; do
+    ablation "$TABLE2_OUT" "$seed" mean_teacher dc3,dc3_uncertainty,baseline "$TABLE2_EXTRA"
+  done
+}
+
 case "${1:-}" in
   table2)
-    out=experiments/cifar10n_faithful
-    extra="$BASE --train_kimg 24 --report_kimg 8 --save_kimg 8"
+    out=$TABLE2_OUT
+    extra=$TABLE2_EXTRA
+    mean_teacher_series
     for seed in 1 2 3; do
-      ablation "$out" "$seed" mean_teacher dc3,dc3_uncertainty "$extra"
       ablation "$out" "$seed" pi_model,pseudo_label,fully_supervised dc3 "$extra"
       ablation "$out" "$seed" fixmatch dc3 "$extra --uratio 1"
     done
     for seed in 1 2 3; do
-      ablation "$out" "$seed" mean_teacher,pi_model,pseudo_label,fully_supervised baseline "$extra"
+      ablation "$out" "$seed" pi_model,pseudo_label,fully_supervised baseline "$extra"
       ablation "$out" "$seed" fixmatch baseline "$extra --uratio 1"
     done
     "$PYTHON" scripts/report.py "$out" --split val --out "$out/tables"
@@ -47,6 +60,26 @@ case "${1:-}" in
     ablation "$out" 1 mean_teacher dc3,dc3_uncertainty,baseline "$extra"
     ablation "$out" 1 fixmatch dc3,dc3_uncertainty,baseline "$extra"
     "$PYTHON" scripts/report.py "$out" --split val --out "$out/tables"
+    ;;
+  relabel)
+    mean_teacher_series
+    # One --source per variant, each with its seeds' run folders (told apart by args.json).
+    sources=$("$PYTHON" - "$TABLE2_OUT" <<'PY'
+import glob, json, os, sys
+runs = {'vanilla': [], 'dc3': [], 'dc3_uncertainty': []}
+for args_path in sorted(glob.glob(os.path.join(sys.argv[1], '*', 'MeanTeacher_*', 'args.json'))):
+    a = json.load(open(args_path))
+    if not os.path.isdir(os.path.join(os.path.dirname(args_path), 'reports')):
+        continue
+    kind = ('vanilla' if not a['combined_output'] else
+            'dc3_uncertainty' if a.get('ambiguity_rank') == 'uncertainty' else 'dc3')
+    runs[kind].append(os.path.dirname(args_path))
+print(' '.join(f'--source {k}={",".join(v)}' for k, v in runs.items() if v))
+PY
+)
+    # shellcheck disable=SC2086  # one word per flag
+    "$PYTHON" scripts/simulate_relabeling.py $sources --out bench/out/relabel_cifar10n \
+      --acceptance_offset 0,0.2608,0.6481
     ;;
   curves)
     for series in table2:experiments/cifar10n_faithful long:experiments/cifar10n_long; do

@@ -33,6 +33,7 @@ if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libml import io_utils, metrics, records
+from libml.run_files import find_report
 from libml.errors import DC3Error
 
 FLAGS = flags.FLAGS
@@ -62,21 +63,6 @@ def define_flags():
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
-
-def find_report(run_dir, report='latest'):
-    """Path of ``<run_dir>/reports/<report>``; ``latest`` is the one with the most images."""
-    reports_dir = os.path.join(run_dir, 'reports')
-    available = sorted(d for d in os.listdir(reports_dir) if d.startswith('img')
-                       and d[3:].isdigit()) if os.path.isdir(reports_dir) else []
-    if not available:
-        raise DC3Error(f'{run_dir} has no reports/img* folder yet; train until the first report')
-    if report == 'latest':
-        return os.path.join(reports_dir, max(available, key=lambda d: int(d[3:])))
-    if report not in available:
-        raise DC3Error(f'report {report!r} not found in {reports_dir}; available: '
-                       f'{", ".join(available)}')
-    return os.path.join(reports_dir, report)
-
 
 def dataset_folder_name(meta):
     """Basename of the dataset source folder; DCIC image paths start with it."""
