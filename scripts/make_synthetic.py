@@ -30,9 +30,6 @@ import os
 import re
 import sys
 
-if __name__ == '__main__':
-    # Run as a file: make the repository root importable without PYTHONPATH.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 from absl import app, flags
@@ -219,10 +216,16 @@ def main(argv):
     if len(argv) > 1:
         raise DC3Error(f'unexpected arguments {argv[1:]!r}; all options are --flags')
     f = flags.FLAGS
-    path = write_dataset(SyntheticConfig(
-        out=f.out, name=f.name, dataset_name=f.dataset_name, num_images=f.num_images,
-        num_classes=f.num_classes, image_size=f.image_size, annotators=f.annotators,
-        ambiguous_fraction=f.ambiguous_fraction, noise=f.noise, seed=f.seed))
+    try:
+        path = write_dataset(SyntheticConfig(
+            out=f.out, name=f.name, dataset_name=f.dataset_name, num_images=f.num_images,
+            num_classes=f.num_classes, image_size=f.image_size, annotators=f.annotators,
+            ambiguous_fraction=f.ambiguous_fraction, noise=f.noise, seed=f.seed))
+    except OSError as e:
+        # A full disk or a file-size limit: atomic_path has already removed the partial copy.
+        raise DC3Error(f'writing {os.path.join(f.out, f.name)} failed ({e.strerror or e}); '
+                       'nothing was changed there; check the free disk space and '
+                       'permissions') from None
     print(f'wrote {path}')
 
 
