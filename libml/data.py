@@ -21,6 +21,8 @@ class InputConfig:
 
 def split_dataset(info, split):
     """The decoded split, cached in memory after the first pass (images stay uint8)."""
+    # A file cut at a record boundary would otherwise be read without complaint.
+    records.verify_split(info.directory, split)
     ds = tf.data.TFRecordDataset(info.split_path(split), num_parallel_reads=AUTOTUNE)
     shape = [info.image_size, info.image_size, 3]
 

@@ -13,8 +13,10 @@ image's path relative to the dataset root, its split and its index within the sp
 scripts name a dataset FixMatch-style, ``<name>.<seed>@<size>-<anything>`` (see ``parse_dataset_name``).
 """
 import dataclasses
+import hashlib
 import os
 import re
+import struct
 
 import numpy as np
 import tensorflow as tf
@@ -80,6 +82,7 @@ def parse_example(serialized, num_classes):
 
 def read_split_numpy(directory, split, num_classes):
     """Reads a whole split eagerly into NumPy arrays (for tests, exports and small datasets)."""
+    verify_split(directory, split)
     path = os.path.join(directory, split_file(split))
     ds = tf.data.TFRecordDataset(path).map(lambda s: parse_example(s, num_classes))
     columns = {k: [] for k in ('image', 'label', 'soft_label', 'path', 'split', 'index')}
@@ -88,6 +91,92 @@ def read_split_numpy(directory, split, num_classes):
             v = x[k]
             columns[k].append(v.decode('utf-8') if isinstance(v, bytes) else v)
     return {k: np.array(v) for k, v in columns.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a split file against meta.json (truncation, replacement)
+# ---------------------------------------------------------------------------------------------
+
+def file_digest(path):
+    """(size in bytes, sha256 hex digest) of a file, as recorded per split in meta.json."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return os.path.getsize(path), digest.hexdigest()
+
+
+def count_records(path):
+    """Number of records in a TFRecord file, from its length headers alone (nothing is decoded).
+
+    Returns None if the file ends inside a record.
+    """
+    size = os.path.getsize(path)
+    count, position = 0, 0
+    with open(path, 'rb') as f:
+        while position < size:
+            header = f.read(12)             # uint64 length + uint32 CRC of the length
+            if len(header) < 12:
+                return None
+            length = struct.unpack('<Q', header[:8])[0]
+            position += 12 + length + 4     # data + uint32 CRC of the data
+            if position > size:
+                return None
+            f.seek(position)
+            count += 1
+    return count
+
+
+def _reimport_hint(meta, directory):
+    name, seed = meta.get('name'), meta.get('seed')
+    if meta.get('created_by') == 'scripts/create_datasets.py' and meta.get('source'):
+        return (f're-run the import: scripts/create_datasets.py --input {meta["source"]} '
+                f'--name {name} --seeds {seed}')
+    return f're-run the import that wrote {directory} (e.g. generate_datasets.sh)'
+
+
+def _read_meta(directory):
+    return io_utils.read_json(os.path.join(directory, META_FILE), 'dataset metadata')
+
+
+def verify_split(directory, split, meta=None, checksum=False):
+    """Checks that a split's TFRecord file is the one the import wrote; raises a one-line DC3Error.
+
+    Cheap by default: the file size against the size meta.json recorded at import. With
+    ``checksum`` the sha256 is compared too. Datasets imported before sizes were recorded are
+    checked by counting their records (length headers only) against the count in meta.json.
+    """
+    meta = _read_meta(directory) if meta is None else meta
+    entry = meta.get('splits', {}).get(split)
+    if entry is None:
+        raise DC3Error(f'{directory} has no {split!r} split in its {META_FILE}; '
+                       f'{_reimport_hint(meta, directory)}')
+    path = os.path.join(directory, entry.get('file') or split_file(split))
+    fix = _reimport_hint(meta, directory)
+    if not os.path.isfile(path):
+        raise DC3Error(f'{path} is missing; {fix}')
+    if 'bytes' in entry:
+        size = os.path.getsize(path)
+        if size != entry['bytes']:
+            raise DC3Error(f'{path} has {size} bytes but {META_FILE} recorded {entry["bytes"]} at '
+                           f'import (truncated or replaced); {fix}')
+        if checksum and entry.get('sha256') and file_digest(path)[1] != entry['sha256']:
+            raise DC3Error(f'{path} does not match the sha256 recorded in {META_FILE} at import '
+                           f'(corrupted or replaced); {fix}')
+        return
+    count = count_records(path)
+    if count is None:
+        raise DC3Error(f'{path} ends inside a record (truncated); {fix}')
+    if count != entry.get('count'):
+        raise DC3Error(f'{path} holds {count} records but {META_FILE} says {entry.get("count")} '
+                       f'(truncated or replaced); {fix}')
+
+
+def verify_dataset(directory, meta=None, checksum=False):
+    """``verify_split`` for every split listed in meta.json."""
+    meta = _read_meta(directory) if meta is None else meta
+    for split in meta.get('splits', {}):
+        verify_split(directory, split, meta, checksum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +228,8 @@ def load_dataset_info(data_dir, name, seed):
     """Reads ``meta.json`` of a generated dataset, with a clear error if it was never generated."""
     directory = dataset_dir(data_dir, name, seed)
     meta_path = os.path.join(directory, META_FILE)
+    if not os.path.exists(meta_path) and not os.path.exists(directory):
+        io_utils.recover(directory)     # an import killed while swapping folders left a backup
     if not os.path.exists(meta_path):
         raise DC3Error(f'dataset {name!r} with seed {seed} was never generated: {meta_path} is '
                        f'missing; run scripts/create_datasets.py (or generate_datasets.sh) with '
@@ -170,6 +261,12 @@ def class_weights_from_counts(counts):
     return weights.tolist()
 
 
+def split_entry(directory, split, count):
+    """The meta.json fields by which ``verify_split`` recognises a split file."""
+    size, sha256 = file_digest(os.path.join(directory, split_file(split)))
+    return {'count': int(count), 'file': split_file(split), 'bytes': size, 'sha256': sha256}
+
+
 def write_arrays(data_dir, name, seed, classes, splits, source='arrays'):
     """Writes in-memory images as a dataset (for tests and benchmarks; real data goes through
     scripts/create_datasets.py). ``splits``: split -> (uint8 images [n, H, W, 3], hard labels,
@@ -190,7 +287,7 @@ def write_arrays(data_dir, name, seed, classes, splits, source='arrays'):
     io_utils.write_json(os.path.join(directory, META_FILE), {
         'format_version': FORMAT_VERSION, 'name': name, 'seed': seed, 'classes': list(classes),
         'image_size': int(np.asarray(splits['train'][0]).shape[1]), 'source': source,
-        'splits': {s: {'count': len(v[1])} for s, v in splits.items()},
+        'splits': {s: split_entry(directory, s, len(v[1])) for s, v in splits.items()},
         'class_weights': class_weights_from_counts(
             np.bincount(train_labels, minlength=len(classes))),
         'ambiguous_fraction': {'pool': float(np.mean(pool.max(axis=1) < 1 - 1e-6))}})
