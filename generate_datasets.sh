@@ -9,7 +9,8 @@
 #                                             MiceBone at 192 px, CIFAR10H at 32 px, any other
 #                                             folder at 32 px or $IMAGE_SIZE
 #   ./generate_datasets.sh --cifar10n PATH    imports the CIFAR10N folder at PATH as `cifar10n`
-#                                             at 32 px
+#                                             at 32 px, with the ten CIFAR-10 classes pinned
+#                                             (--classes), so a mistyped label is an error
 #
 # Environment: SEEDS (default 1,2,3), IMAGE_SIZE (size for DCIC folders not listed above),
 # PYTHON (default: python on PATH), ML_DATA (output root). Extra importer flags such as
@@ -26,11 +27,14 @@ usage() {
   awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"
 }
 
-import_folder() {  # import_folder FOLDER NAME SIZE
+import_folder() {  # import_folder FOLDER NAME SIZE [IMPORTER FLAG...]
   echo "== importing $1 as $2 at $3 px, seeds $SEEDS"
   "$PYTHON" "$HERE/scripts/create_datasets.py" --input "$1" --name "$2" --image_size "$3" \
-    --seeds "$SEEDS" ${EXTRA[@]+"${EXTRA[@]}"}
+    --seeds "$SEEDS" "${@:4}" ${EXTRA[@]+"${EXTRA[@]}"}
 }
+
+# CIFAR-10's class names in its own index order (also their sorted order).
+CIFAR10_CLASSES=airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck
 
 dcic_size() {  # the paper's image size for the DCIC datasets it uses
   case "$1" in
@@ -63,7 +67,8 @@ case "${1:-}" in
     fi
     ;;
   --cifar10n)
-    import_folder "${2:?--cifar10n needs the CIFAR10N folder}" cifar10n 32
+    import_folder "${2:?--cifar10n needs the CIFAR10N folder}" cifar10n 32 \
+      --classes "$CIFAR10_CLASSES"
     ;;
   -h|--help)
     usage

@@ -28,11 +28,10 @@ import io
 import os
 import posixpath
 import re
+import stat
 import sys
+import warnings
 
-if __name__ == '__main__':
-    # Run as a file: make the repository root importable without PYTHONPATH.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import tensorflow as tf
@@ -55,6 +54,12 @@ _SKIP_HINT = 'pass --skip_corrupt 1 to skip unreadable or unannotated images'
 # A soft label whose largest entry is below 1 by more than float32 rounding is ambiguous.
 _ONE_HOT_TOLERANCE = 1e-6
 _RNG_STREAMS = {'pool': 1, 'labels': 2, 'order': 3}
+# A label given to fewer than this share of the annotations (DCIC) or images (DC3 class folders)
+# is almost always a typo; below 1000 annotations no label can fall under it.
+RARE_LABEL_SHARE = 0.001
+# Images are resized to at most a few hundred pixels; a header claiming more than this is refused
+# before decoding (a small PNG can claim 12000 x 12000 pixels and take gigabytes to decode).
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +76,8 @@ class ImportConfig:
     keep_test: bool = False         # DCIC: test fold as a test split instead of in the pool
     skip_corrupt: bool = False
     progress: bool = True
+    classes: tuple = ()             # pinned class list in index order; () = the labels found
+    follow_outside_links: bool = False  # read symlinks that lead out of the input folder
 
 
 @dataclasses.dataclass
@@ -84,6 +91,7 @@ class Source:
     known: np.ndarray       # [n] bool; False = unlabeled image without any label (uniform soft)
     skipped: list           # relative paths left out (unreadable or unannotated)
     skipped_null_annotations: int = 0   # dcic: annotations with "class_label": null
+    repeated_annotations: int = 0       # dcic: earlier labels of an image by the same annotator
     dcic_dataset_name: str = None       # dcic: "dataset_name" of the first annotation set
 
     def subset(self, keep):
@@ -136,6 +144,45 @@ def parse_seeds(text):
     return tuple(seeds)
 
 
+def parse_classes(text):
+    """'cat, dog' -> ('cat', 'dog'); '' -> () (classes taken from the labels)."""
+    if not str(text).strip():
+        return ()
+    classes = tuple(part.strip() for part in str(text).split(','))
+    if any(not c for c in classes) or len(set(classes)) != len(classes):
+        raise DC3Error(f'--classes {_quote(text)} must list distinct non-empty class names '
+                       'separated by commas, e.g. --classes cat,dog,emu')
+    return classes
+
+
+def check_labels(counts, pinned, where, unit):
+    """The class list from label counts: the pinned list (every label must be in it), else the
+    sorted labels, refusing near-duplicates (case / whitespace) and vanishingly rare labels."""
+    if pinned:
+        outside = sorted(set(counts) - set(pinned))
+        if outside:
+            raise DC3Error(f'{where}: label(s) {_quote(outside)} are not in --classes; correct '
+                           'them, or add them to --classes if they are real classes')
+        return tuple(pinned)
+    groups = collections.defaultdict(list)
+    for label in counts:
+        groups[''.join(label.split()).casefold()].append(label)
+    similar = sorted(sorted(group) for group in groups.values() if len(group) > 1)
+    total = sum(counts.values())
+    rare = sorted(label for label, n in counts.items() if n < RARE_LABEL_SHARE * total)
+    problems = []
+    if similar:
+        problems.append('labels that differ only by case or whitespace: ' + '; '.join(
+            ' vs '.join(repr(label) for label in group) for group in similar))
+    if rare:
+        problems.append(f'labels on fewer than {RARE_LABEL_SHARE:.1%} of the {total} {unit}: '
+                        + ', '.join(f'{label!r} ({counts[label]})' for label in rare))
+    if problems:
+        raise DC3Error(f'{where}: {"; ".join(problems)}; correct them, or pin the class list with '
+                       '--classes a,b,c if they are real classes')
+    return tuple(sorted(counts))
+
+
 def output_name(config):
     """The dataset name used in ``<name>.<seed>``: --name, else the input folder name lowercased."""
     if config.name:
@@ -170,6 +217,31 @@ def check_config(config):
 # ---------------------------------------------------------------------------------------------
 # Reading the folder tree and the labels (no image is decoded here)
 # ---------------------------------------------------------------------------------------------
+
+def _outside_root(input_dir, relative):
+    """True if ``relative`` (under the input folder) resolves, through symlinks, to outside it."""
+    root = os.path.realpath(input_dir)
+    real = os.path.realpath(os.path.join(input_dir, relative))
+    return os.path.commonpath([root, real]) != root
+
+
+def check_links(config, relatives):
+    """Refuses files that symlinks lead out of the input folder, unless allowed explicitly."""
+    if config.follow_outside_links:
+        return
+    outside = [r for r in relatives if _outside_root(config.input_dir, r)]
+    if outside:
+        real = os.path.realpath(os.path.join(config.input_dir, outside[0]))
+        raise DC3Error(f'{len(outside)} file(s) are symlinks leading out of the input folder, e.g. '
+                       f'{_quote(outside[0])} -> {_quote(real)}; copy them into the dataset '
+                       'folder, or pass --follow_outside_links 1')
+
+
+def _check_label_file(path):
+    """A label file that exists must be a regular file (a FIFO would block the import forever)."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise DC3Error(f'{path} is not a regular file; replace it with the label file')
+
 
 def _list_folder(input_dir, folder):
     """(files, sub-folders) of ``<input>/<folder>`` as sorted paths relative to the input folder."""
@@ -217,6 +289,7 @@ def detect_layout(input_dir, layout):
 def read_soft_label_csv(input_dir, classes, image_paths):
     """``soft_labels.csv`` -> {relative path: normalised soft label in class order} (or {})."""
     path = os.path.join(input_dir, SOFT_LABELS_FILE)
+    _check_label_file(path)
     if not os.path.isfile(path):
         return {}
     try:
@@ -266,7 +339,7 @@ def read_soft_label_csv(input_dir, classes, image_paths):
     return soft
 
 
-def scan_dc3(input_dir):
+def scan_dc3(input_dir, pinned_classes=()):
     """Reads the ``<split>/<class>/<image>`` tree and the optional soft labels."""
     entries = []                    # (path, split folder, class folder name or None)
     class_names = set()
@@ -296,7 +369,9 @@ def scan_dc3(input_dir):
         if split != 'train' and unknown and 'train' in names_per_split:
             raise DC3Error(f'class folder(s) {unknown} in {split}/ do not exist in train/; class '
                            'names must agree between splits: rename them to match train/')
-    classes = tuple(sorted(class_names))
+    image_counts = collections.Counter(c for _, _, c in entries if c is not None)
+    classes = check_labels(image_counts, pinned_classes, f'class folders of {_quote(input_dir)}',
+                           'labeled images')
     entries.sort()
     csv_soft = read_soft_label_csv(input_dir, classes, {path for path, _, _ in entries})
     k = len(classes)
@@ -316,14 +391,22 @@ def scan_dc3(input_dir):
 
 def _dcic_relative(image_path):
     """'<any folder>/foldN/<file>' -> 'foldN/<file>' (the path under the input folder)."""
-    parts = [p for p in image_path.replace('\\', '/').split('/') if p not in ('', '.')]
-    return '/'.join(parts[1:]) if len(parts) >= 2 else None
+    # normpath folds './a', 'a//b' and 'x/../a' into one spelling, so one image is one key.
+    parts = posixpath.normpath(image_path.replace('\\', '/').lstrip('/')).split('/')
+    if '..' in parts or len(parts) < 2:
+        return None
+    return '/'.join(parts[1:])
 
 
-def read_annotations(input_dir, image_paths):
-    """``annotations.json`` -> (sorted classes, {relative path: Counter of class labels},
-    number of null annotations skipped, "dataset_name" of the first set or None)."""
+def read_annotations(input_dir, image_paths, pinned_classes=()):
+    """``annotations.json`` -> (classes, {relative path: Counter of class labels}, number of null
+    annotations skipped, "dataset_name" of the first set or None, number of repeated labels).
+
+    Each annotation set is one annotator: if it labels an image more than once (also under two
+    spellings of its path), only its last label counts. Classes are ``pinned_classes`` if given,
+    else the sorted labels (see ``check_labels``)."""
     path = os.path.join(input_dir, ANNOTATIONS_FILE)
+    _check_label_file(path)
     if not os.path.isfile(path):
         raise DC3Error(f'{path} is missing; a DCIC dataset needs annotations.json next to '
                        'fold1..fold5')
@@ -339,6 +422,7 @@ def read_annotations(input_dir, image_paths):
     labels = set()
     missing = []
     null_labels = 0
+    repeated = 0
     for set_index, annotation_set in enumerate(sets):
         set_name = f'annotation set {set_index}'
         if isinstance(annotation_set, dict) and isinstance(annotation_set.get('name'), str):
@@ -348,6 +432,7 @@ def read_annotations(input_dir, image_paths):
                            'object with a list "annotations" of {"image_path", "class_label"}')
         if not isinstance(annotation_set['annotations'], list):
             raise DC3Error(f'{path}: "annotations" of {set_name} must be a list; fix the file')
+        latest = {}         # this annotator's label per image; a later one replaces an earlier one
         for number, annotation in enumerate(annotation_set['annotations']):
             if isinstance(annotation, dict) and 'class_label' in annotation and \
                     annotation['class_label'] is None:
@@ -363,24 +448,32 @@ def read_annotations(input_dir, image_paths):
                     raise DC3Error(f'{path}: "{key}" of annotation {number} in {set_name} must '
                                    f'be a non-empty string, not {_quote(value, 40)}')
             relative = _dcic_relative(annotation['image_path'])
-            labels.add(annotation['class_label'])
             if relative in image_paths:
-                votes[relative][annotation['class_label']] += 1
+                repeated += relative in latest
+                latest[relative] = annotation['class_label']
             else:
+                labels.add(annotation['class_label'])
                 missing.append(annotation['image_path'])
+        for relative, label in latest.items():
+            votes[relative][label] += 1
+            labels.add(label)
     if missing:
         raise DC3Error(f'{path}: {len(missing)} annotation(s) name images that do not exist, e.g. '
                        f'{_quote(missing[0])}; image_path must be <dataset folder>/foldN/<file> '
                        f'of an image under {_quote(input_dir)}')
     if not labels:
         raise DC3Error(f'{path} holds no annotations; add annotation sets with labeled images')
+    label_counts = collections.Counter()
+    for counter in votes.values():
+        label_counts.update(counter)
+    classes = check_labels(label_counts, pinned_classes, path, 'annotations')
     # DCIC names the dataset after its first set; the DCIC export reuses that name.
     dataset_name = sets[0].get('dataset_name') if sets else None
-    return (tuple(sorted(labels)), votes, null_labels,
-            dataset_name if isinstance(dataset_name, str) and dataset_name else None)
+    return (classes, votes, null_labels,
+            dataset_name if isinstance(dataset_name, str) and dataset_name else None, repeated)
 
 
-def scan_dcic(input_dir, skip_unannotated):
+def scan_dcic(input_dir, skip_unannotated, pinned_classes=()):
     """Reads fold1..fold5 and annotations.json into soft labels (normalised vote counts)."""
     missing = [fold for fold in FOLDS if not os.path.isdir(os.path.join(input_dir, fold))]
     if len(missing) == len(FOLDS):
@@ -394,7 +487,8 @@ def scan_dcic(input_dir, skip_unannotated):
         files = _list_images(input_dir, fold, 'fold')
         paths.extend(files)
         groups.extend([fold] * len(files))
-    classes, votes, null_labels, dataset_name = read_annotations(input_dir, set(paths))
+    classes, votes, null_labels, dataset_name, repeated = read_annotations(
+        input_dir, set(paths), pinned_classes)
     unannotated = [p for p in paths if p not in votes]
     if unannotated and not skip_unannotated:
         raise DC3Error(f'{len(unannotated)} image(s) have no annotation in {ANNOTATIONS_FILE}, '
@@ -407,7 +501,8 @@ def scan_dcic(input_dir, skip_unannotated):
     soft[annotated] /= soft[annotated].sum(axis=1, keepdims=True)
     source = Source(layout='dcic', classes=classes, paths=paths, groups=groups, soft=soft,
                     known=np.ones(len(paths), dtype=bool), skipped=list(unannotated),
-                    skipped_null_annotations=null_labels, dcic_dataset_name=dataset_name)
+                    skipped_null_annotations=null_labels, dcic_dataset_name=dataset_name,
+                    repeated_annotations=repeated)
     return source.subset(annotated)
 
 
@@ -417,9 +512,17 @@ def scan_source(config):
         raise DC3Error(f'input folder {_quote(config.input_dir)} does not exist; pass --input '
                        '<root>/<Name>, the folder holding the dataset')
     layout = detect_layout(config.input_dir, config.layout)
+    label_files = [name for name in (ANNOTATIONS_FILE, SOFT_LABELS_FILE)
+                   if os.path.lexists(os.path.join(config.input_dir, name))]
+    for name in label_files:
+        _check_label_file(os.path.join(config.input_dir, name))
+    check_links(config, label_files)        # before any label file is read
     if layout == 'dcic':
-        return scan_dcic(config.input_dir, config.skip_corrupt)
-    return scan_dc3(config.input_dir)
+        source = scan_dcic(config.input_dir, config.skip_corrupt, config.classes)
+    else:
+        source = scan_dc3(config.input_dir, config.classes)
+    check_links(config, source.paths)       # before any image is opened
+    return source
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,11 +542,30 @@ def _to_rgb(image):
     return image.convert('RGB')
 
 
+def _open_regular_file(path):
+    """Opens ``path`` for reading without blocking; refuses FIFOs, sockets and devices."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError('not a regular file (a FIFO, socket or device)')
+        return os.fdopen(fd, 'rb')
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def encode_image(path, image_size):
     """Decodes one image file fully and returns a PNG of its RGB image resized bilinearly."""
-    with Image.open(path) as image:
-        image.load()      # decode everything now, so truncated files fail here
-        image = _to_rgb(ImageOps.exif_transpose(image))
+    with _open_regular_file(path) as f, warnings.catch_warnings():
+        # The pixel limit below replaces PIL's own decompression-bomb warning.
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        with Image.open(f) as image:
+            width, height = image.size      # from the header; nothing is decoded yet
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ValueError(f'the header claims {width}x{height} pixels, more than the '
+                                 f'limit of {MAX_IMAGE_PIXELS:,}')
+            image.load()      # decode everything now, so truncated files fail here
+            image = _to_rgb(ImageOps.exif_transpose(image))
     image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format='PNG')
@@ -607,6 +729,7 @@ def build_meta(config, name, seed, source, splits, labels):
         'dcic_test_fold': dcic_fold_roles(config.slice_index, True)[1] if dcic else None,
         'dcic_dataset_name': source.dcic_dataset_name if dcic else None,
         'skipped_null_annotations': source.skipped_null_annotations if dcic else None,
+        'repeated_annotations': source.repeated_annotations if dcic else None,
         'splits': summaries,
         'class_weights': records.class_weights_from_counts(train_counts),
         'ambiguous_fraction': ambiguous,
@@ -615,24 +738,41 @@ def build_meta(config, name, seed, source, splits, labels):
     }
 
 
-def write_dataset(directory, source, encoded, splits, labels, meta, progress=True):
-    """Writes one ``<name>.<seed>/`` folder atomically: TFRecords per split, then meta.json."""
-    with io_utils.atomic_path(directory) as tmp:
-        os.makedirs(tmp)
-        bar = tqdm(total=sum(len(v) for v in splits.values()), unit='img', disable=not progress,
-                   desc=f'writing {os.path.basename(directory)}')
-        with bar:
-            for split, indices in splits.items():
-                with tf.io.TFRecordWriter(os.path.join(tmp, records.split_file(split))) as writer:
-                    for position, (i, label) in enumerate(zip(indices, labels[split])):
-                        writer.write(records.serialize_example(
-                            encoded[i], label, source.soft[i], source.paths[i], split, position))
-                        bar.update(1)
-        io_utils.write_json(os.path.join(tmp, records.META_FILE), meta)
+def write_dataset_files(folder, source, encoded, splits, labels, meta, progress=True):
+    """Writes the TFRecords of one seed into ``folder`` (a staging folder), then its meta.json with
+    the size and sha256 of every split file, which ``records.verify_split`` checks on reading."""
+    os.makedirs(folder)
+    meta = dict(meta, splits={s: dict(v) for s, v in meta['splits'].items()})
+    bar = tqdm(total=sum(len(v) for v in splits.values()), unit='img', disable=not progress,
+               desc=f'writing {meta["name"]}.{meta["seed"]}')
+    with bar:
+        for split, indices in splits.items():
+            with tf.io.TFRecordWriter(os.path.join(folder, records.split_file(split))) as writer:
+                for position, (i, label) in enumerate(zip(indices, labels[split])):
+                    writer.write(records.serialize_example(
+                        encoded[i], label, source.soft[i], source.paths[i], split, position))
+                    bar.update(1)
+            meta['splits'][split].update(records.split_entry(folder, split, len(indices)))
+    io_utils.write_json(os.path.join(folder, records.META_FILE), meta)
+
+
+def _file_error_reason(error):
+    """'<reason> (<file name>)' of an OSError or a TensorFlow file error, short and on one line."""
+    if isinstance(error, tf.errors.OpError):
+        # TensorFlow's message is '<path>; <reason>'.
+        filename, _, reason = error.message.rpartition('; ')
+    else:
+        filename, reason = error.filename or '', error.strerror or str(error)
+    name = os.path.basename(str(filename))
+    return _one_line(f'{reason} ({name})' if name else reason, 160)
 
 
 def import_dataset(config):
-    """Reads and checks all input, then writes one dataset folder per seed; returns the folders."""
+    """Reads and checks all input, then writes one dataset folder per seed; returns the folders.
+
+    Every seed is written to a staging folder first and all of them are swapped in together, so a
+    failure part-way (a full disk, a kill) leaves every earlier dataset as it was.
+    """
     check_config(config)
     name = output_name(config)
     try:
@@ -646,22 +786,31 @@ def import_dataset(config):
         if source.skipped_null_annotations:
             print(f'skipped {source.skipped_null_annotations} annotation(s) with "class_label": '
                   'null, as DCIC does; counted in meta.json')
+        if source.repeated_annotations:
+            print(f'{source.repeated_annotations} image(s) were labeled again by the same '
+                  'annotator; only the last label of each counts (repeated_annotations in '
+                  'meta.json)')
         # Plan every seed before writing any, so a bad split leaves no output at all.
         plans = {}
         for seed in config.seeds:
             splits = assign_splits(source, config, seed)
             plans[seed] = (splits, hard_labels(source, splits, seed))
-        directories = []
-        for seed, (splits, labels) in plans.items():
-            directory = records.dataset_dir(config.data_dir, name, seed)
-            meta = build_meta(config, name, seed, source, splits, labels)
-            write_dataset(directory, source, encoded, splits, labels, meta, config.progress)
-            directories.append(directory)
-            print(f'wrote {directory}: ' + ', '.join(
-                f'{s} {len(v)}' for s, v in splits.items()))
-    except OSError as e:
-        raise DC3Error(f'file access failed ({_one_line(e)}); check the paths, permissions and '
-                       'free disk space') from None
+        directories = [records.dataset_dir(config.data_dir, name, seed) for seed in plans]
+        if os.path.isdir(config.data_dir):
+            io_utils.recover(parent=config.data_dir)    # leftovers of killed imports
+        with io_utils.atomic_paths(directories) as staged:
+            for (seed, (splits, labels)), folder in zip(plans.items(), staged):
+                meta = build_meta(config, name, seed, source, splits, labels)
+                write_dataset_files(folder, source, encoded, splits, labels, meta,
+                                    config.progress)
+        for directory, (splits, _) in zip(directories, plans.values()):
+            print(f'wrote {directory}: ' + ', '.join(f'{s} {len(v)}' for s, v in splits.items()))
+    except (OSError, tf.errors.OpError) as e:
+        # A full disk (ENOSPC), a file-size limit (EFBIG), permissions: TensorFlow's writer
+        # reports them as OpError, Python as OSError.
+        raise DC3Error(f'file access failed: {_file_error_reason(e)}; nothing was changed in '
+                       f'{_quote(config.data_dir)}; check the paths, permissions, free disk space '
+                       'and file-size limit (ulimit -f)') from None
     return directories
 
 
@@ -687,6 +836,12 @@ def define_flags():
     flags.DEFINE_integer('skip_corrupt', 0, '1 = skip unreadable or unannotated images (with a '
                          'warning) instead of failing.')
     flags.DEFINE_string('data_dir', None, 'Output root; default $ML_DATA or ./data.')
+    flags.DEFINE_string('classes', '', 'Comma-separated class list in index order, e.g. '
+                        'cat,dog; a label outside it is an error. Default: the sorted labels, '
+                        'refusing labels that differ only by case or whitespace or that are on '
+                        'fewer than 0.1% of the annotations.')
+    flags.DEFINE_integer('follow_outside_links', 0, '1 = read images and label files that '
+                         'symlinks lead to outside the input folder (refused by default).')
 
 
 def _flag_bool(name, value):
@@ -710,7 +865,10 @@ def main(argv):
         slice_index=flags.FLAGS.slice,
         labeled_fraction=flags.FLAGS.labeled_fraction,
         keep_test=_flag_bool('keep_test', flags.FLAGS.keep_test),
-        skip_corrupt=_flag_bool('skip_corrupt', flags.FLAGS.skip_corrupt))
+        skip_corrupt=_flag_bool('skip_corrupt', flags.FLAGS.skip_corrupt),
+        classes=parse_classes(flags.FLAGS.classes),
+        follow_outside_links=_flag_bool('follow_outside_links',
+                                        flags.FLAGS.follow_outside_links))
     import_dataset(config)
 
 
