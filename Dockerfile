@@ -8,5 +8,6 @@ COPY requirements.txt requirements-dev.txt ./
 # The base image already has TensorFlow; pip keeps it and adds the rest.
 RUN python -m pip install --no-cache-dir -r requirements-dev.txt
 COPY . .
+RUN python -m pip install --no-cache-dir --no-deps --editable .
 ENV ML_DATA=/dc3/data TF_CPP_MIN_LOG_LEVEL=2
 CMD ["make", "test"]

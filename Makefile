@@ -13,11 +13,15 @@ DEMO_FLAGS ?= --filters 16 --repeat 2 --batch 32 --train_kimg 12 --report_kimg 4
 
 .PHONY: install install-dev demo data test bench clean-demo
 
+# The repository itself is installed in editable mode (pyproject.toml), so `libml`, `scripts` and
+# the method scripts import from any folder.
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --editable .
 
 install-dev:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --editable .
 
 data: install
 	./generate_datasets.sh

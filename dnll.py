@@ -6,31 +6,23 @@ classes each unlabeled image most likely is not (from its first view) and B lowe
 on them (on the second view); at odd steps the roles swap. Each sub-network also has a Mean-Teacher
 consistency to its own EMA, as in the paper's Mean-Teacher variant, and the labeled cross-entropy.
 """
-import dataclasses
-
 import tensorflow as tf
-from absl import app, flags
 
-import cli
-from libml import losses, train
+from libml import losses
 from libml.dnll import PEER_HEAD, DNLLConfig, build_pair, negative_loss, select_negatives
+from libml.method import LossTerms, SSLMethod, warmup
 from libml.models import CLASS_HEAD
 
-FLAGS = flags.FLAGS
 
-
-class DNLL(train.SSLMethod):
+class DNLL(SSLMethod):
     unlabeled_views = 2   # the teacher's and negative labels' view, the students' view
-
-    def __init__(self, *args, **hparams):
-        self.dnll_config = DNLLConfig(**hparams)  # a bad value fails before any network is built
-        super().__init__(*args, **dataclasses.asdict(self.dnll_config))
+    Params = DNLLConfig
 
     def build_network(self, name, **build):
         return build_pair(name, **build)
 
     def method_losses(self, batch, outputs, progress):
-        cfg = self.dnll_config
+        cfg = self.params
         first, second = outputs.unlabeled
         # Mean Teacher per sub-network: the EMA pair's outputs on the first view (batch
         # statistics, as mean_teacher.py) are the targets of the students' second view.
@@ -47,11 +39,11 @@ class DNLL(train.SSLMethod):
         negative = negative_loss(tf.nn.softmax(learner), mask)
         xe_peer = losses.cross_entropy(batch['label'], outputs.labeled[PEER_HEAD],
                                        self.class_weights)
-        return train.LossTerms(
+        return LossTerms(
             labeled_xe=self.labeled_cross_entropy(batch, outputs) + xe_peer,
             # Per unlabeled image, so DC3 can scale it by certainty; one ramp for both parts.
             ssl=cfg.consistency_weight * consistency + cfg.negative_weight * negative,
-            ssl_weight=train.warmup(progress, cfg.warmup_pos),
+            ssl_weight=warmup(progress, cfg.warmup_pos),
             monitors={'dnll/negative_loss': tf.reduce_mean(negative),
                       'dnll/consistency': tf.reduce_mean(consistency),
                       'dnll/negatives_per_image': tf.reduce_mean(tf.reduce_sum(mask, axis=-1)),
@@ -59,21 +51,7 @@ class DNLL(train.SSLMethod):
                       'dnll/a_names_negatives': tf.cast(a_names, tf.float32)})
 
 
-def main(argv):
-    del argv
-    cli.run(DNLL, consistency_weight=FLAGS.consistency_weight, warmup_pos=FLAGS.warmup_pos,
-            negative_weight=FLAGS.negative_weight, num_negatives=FLAGS.num_negatives,
-            negative_threshold=FLAGS.negative_threshold)
-
 
 if __name__ == '__main__':
-    flags.DEFINE_float('consistency_weight', 50.0, 'Weight of each sub-network\'s Mean-Teacher '
-                       'consistency loss.')
-    flags.DEFINE_float('warmup_pos', 0.4, 'Share of training over which the unlabeled losses '
-                       'ramp up.')
-    flags.DEFINE_float('negative_weight', 1.0, 'Weight of the pseudo-negative label loss.')
-    flags.DEFINE_integer('num_negatives', 3, 'Pseudo-negative labels per unlabeled image (at most '
-                         'k - 1).')
-    flags.DEFINE_float('negative_threshold', 0.05, 'A class is a pseudo-negative label only if the '
-                       'naming sub-network gives it a probability below this.')
-    app.run(main)
+    import cli  # defines the flags; only when run as a script
+    cli.main(DNLL)

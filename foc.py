@@ -8,51 +8,63 @@ of the same class (supervised augmentation). Labeled images also get cross-entro
 head and CE^-1 on the overclustering head against an image of another label; those supervised
 terms are off during a warm-up. Unlabeled images are at most ``unlabeled_ratio`` of a batch.
 
-The DC3 flags must keep their vanilla values (DC3 is not composed in); ``--uratio`` is derived
-from ``--unlabeled_ratio`` and ``--batch``. See libml/foc.py for the pieces.
+DC3 is not composed in (its flags are refused); ``--uratio`` is derived from
+``--unlabeled_ratio`` and ``--batch``. See libml/foc.py for the pieces.
 """
 import dataclasses
 
 import tensorflow as tf
-from absl import app, flags
 
-import cli
-from libml import dc3, foc, io_utils, train
+from libml import dc3, foc, run_files
 from libml.dc3 import OVERCLUSTER_HEAD
 from libml.errors import DC3Error
+from libml.method import LossTerms, SSLMethod, make_params
 from libml.models import CLASS_HEAD
-
-FLAGS = flags.FLAGS
-VANILLA_DC3 = dc3.DC3Config(combined_output=0, wou=0, wol=0)
 
 
 @dataclasses.dataclass
-class FOCTerms(train.LossTerms):
+class FOCTerms(LossTerms):
     """FOC's terms: the mutual information of each head and the labeled CE^-1, besides the CE."""
     mutual_information: dict = dataclasses.field(default_factory=dict)  # head -> scalar I
     ceinv: tf.Tensor = None             # [B_l] CE^-1 of each labeled image to its partner
     supervised_weight: tf.Tensor = 0.0  # 0 during the warm-up, then 1
 
 
-class FOC(train.SSLMethod):
+class FOC(SSLMethod):
     unlabeled_views = 2
+    Params = foc.FOCConfig
+    composes_with_dc3 = False
 
-    def __init__(self, dataset, labeled_size, train_config, model, dc3_config, **hparams):
-        if dc3_config.enabled:
-            raise DC3Error('FOC is its own framework and does not compose with DC3; run it with '
-                           '--combined_output 0 --wou 0 --wol 0')
-        self.foc = foc.FOCConfig(**hparams)
-        self.unlabeled_count = self.foc.unlabeled_count(train_config.batch)
+    def __init__(self, dataset, labeled_size, train_config, model, **hparams):
+        params = make_params(self.Params, hparams)  # a bad value fails before any network
+        self.unlabeled_count = params.unlabeled_count(train_config.batch)
         self.unlabeled_views = 2 if self.unlabeled_count else 0  # r = 0: no unlabeled pipeline
         if self.unlabeled_count > train_config.batch * train_config.uratio:
-            raise DC3Error(f'--unlabeled_ratio {self.foc.unlabeled_ratio} needs '
+            raise DC3Error(f'--unlabeled_ratio {params.unlabeled_ratio} needs '
                            f'{self.unlabeled_count} unlabeled images per step; use --uratio '
-                           f'{self.foc.uratio(train_config.batch)} or more')
-        super().__init__(dataset, labeled_size, train_config, model, dc3_config, **hparams)
+                           f'{params.uratio(train_config.batch)} or more')
+        super().__init__(dataset, labeled_size, train_config, model, **hparams)
+
+    @classmethod
+    def adjust_train_config(cls, train_config, params, explicit):
+        """``--uratio`` follows from ``--unlabeled_ratio`` and ``--batch``."""
+        uratio = make_params(cls.Params, params).uratio(train_config.batch)
+        if 'uratio' in explicit and train_config.uratio != uratio:
+            raise DC3Error(f'FOC derives --uratio from --unlabeled_ratio and --batch ({uratio} '
+                           f'here); drop --uratio {train_config.uratio}')
+        return dataclasses.replace(train_config, uratio=uratio)
 
     def heads(self):
         return {CLASS_HEAD: self.num_classes,
-                OVERCLUSTER_HEAD: self.dc3.overcluster_factor * self.num_classes}
+                OVERCLUSTER_HEAD: self.params.overcluster_factor * self.num_classes}
+
+    def inference_outputs(self, out):
+        return {**super().inference_outputs(out),
+                'cluster_probs': tf.nn.softmax(out[OVERCLUSTER_HEAD])}
+
+    @property
+    def num_clusters(self):
+        return self.heads()[OVERCLUSTER_HEAD]
 
     def forward(self, batch, training=True):
         # Only the first floor(B_l r / (1 - r)) unlabeled images of each view take part.
@@ -80,13 +92,13 @@ class FOC(train.SSLMethod):
             ssl_weight=1.0,  # the mutual information is always on, with weight 1
             mutual_information=mutual_information,
             ceinv=dc3.inverse_cross_entropy(clusters, tf.gather(clusters, other_label)),
-            supervised_weight=foc.supervised_weight(progress, self.foc.supervised_warmup))
+            supervised_weight=foc.supervised_weight(progress, self.params.supervised_warmup))
 
     def combine_losses(self, batch, outputs, terms):
         """``-(I_class + I_cluster) + w_sup (mean CE + ceinv_weight mean CE^-1)``."""
         mutual_information = tf.add_n(list(terms.mutual_information.values()))
         ceinv = tf.reduce_mean(terms.ceinv)
-        supervised = tf.reduce_mean(terms.labeled_xe) + self.foc.ceinv_weight * ceinv
+        supervised = tf.reduce_mean(terms.labeled_xe) + self.params.ceinv_weight * ceinv
         total = -mutual_information + terms.supervised_weight * supervised
         return total, {'foc/mi_class': terms.mutual_information[CLASS_HEAD],
                        'foc/mi_cluster': terms.mutual_information[OVERCLUSTER_HEAD],
@@ -97,44 +109,12 @@ class FOC(train.SSLMethod):
         normal head's ``accuracy`` and ``macro_f1`` come from the base report)."""
         if labeled_pred is None or 'cluster_probs' not in pred:
             return foc.overcluster_metrics([], [], [])
-        mapping = foc.majority_mapping(train.cluster_ids(labeled_pred), labeled_pred['label'],
+        mapping = foc.majority_mapping(run_files.cluster_ids(labeled_pred), labeled_pred['label'],
                                        self.heads()[OVERCLUSTER_HEAD])
-        return foc.overcluster_metrics(train.cluster_ids(pred), pred['label'], mapping)
+        return foc.overcluster_metrics(run_files.cluster_ids(pred), pred['label'], mapping)
 
-
-def check_flags():
-    """FOC's hyperparameters from the flags; refuses DC3 flags and sets the derived ``uratio``."""
-    config = foc.FOCConfig(unlabeled_ratio=FLAGS.unlabeled_ratio,
-                           supervised_warmup=FLAGS.supervised_warmup,
-                           ceinv_weight=FLAGS.ceinv_weight)
-    for field in dataclasses.fields(VANILLA_DC3):
-        vanilla = getattr(VANILLA_DC3, field.name)
-        if not field.init or field.name == 'overcluster_factor':
-            continue
-        if FLAGS[field.name].value != vanilla:
-            raise DC3Error(f'--{field.name} is a DC3 flag and FOC does not compose with DC3; '
-                           f'leave it at {vanilla} (got {FLAGS[field.name].value})')
-    uratio = config.uratio(FLAGS.batch)
-    if FLAGS['uratio'].present and FLAGS.uratio != uratio:
-        raise DC3Error(f'FOC derives --uratio from --unlabeled_ratio and --batch ({uratio} here); '
-                       f'drop --uratio {FLAGS.uratio}')
-    FLAGS.uratio = uratio
-    return dataclasses.asdict(config)
-
-
-def main(argv):
-    del argv
-    # Flag errors become one 'error:' line and exit status 2, as cli.run does for its own.
-    cli.run(FOC, **io_utils.run_cli(lambda _: check_flags()))
 
 
 if __name__ == '__main__':
-    flags.DEFINE_float('unlabeled_ratio', 0.5, 'Largest share of unlabeled images in a batch '
-                       '(0: labeled images only).')
-    flags.DEFINE_float('supervised_warmup', 0.1, 'Share of training with the supervised terms '
-                       'off (only the mutual information trains).')
-    flags.DEFINE_float('ceinv_weight', 10.0, 'Weight of CE^-1 on the overclustering head.')
-    for name in ('combined_output', 'wou', 'wol'):  # FOC runs without DC3
-        FLAGS.set_default(name, getattr(VANILLA_DC3, name))
-    FLAGS.set_default('overcluster_factor', 6)  # 10 classes -> 60 clusters, as in the paper
-    app.run(main)
+    import cli  # defines the flags; only when run as a script
+    cli.main(FOC)

@@ -7,32 +7,24 @@ scaled by certainty (``--supervised_certainty``). On a dataset without unlabeled
 terms use the labeled batch alone and L_A ranks it.
 """
 import tensorflow as tf
-from absl import app
 
-import cli
-from libml import train
+from libml.method import LossTerms, SSLMethod, Views
 
 
-class FullySupervised(train.SSLMethod):
-
-    @property
-    def unlabeled_views(self):
-        return 2 if self.dc3.enabled and self.dataset.has_split('unlabeled') else 0
+class FullySupervised(SSLMethod):
+    unlabeled_views = 0
+    views_with_dc3 = 2  # as the original ce.py, where the dataset has unlabeled images
 
     def views(self, outputs):
         if not outputs.unlabeled:
-            return train.Views()
+            return Views()
         view1, view2 = outputs.unlabeled
-        return train.Views(main=view2, other={k: tf.stop_gradient(v) for k, v in view1.items()})
+        return Views(main=view2, other={k: tf.stop_gradient(v) for k, v in view1.items()})
 
     def method_losses(self, batch, outputs, progress):
-        return train.LossTerms(labeled_xe=self.labeled_cross_entropy(batch, outputs))
-
-
-def main(argv):
-    del argv
-    cli.run(FullySupervised)
+        return LossTerms(labeled_xe=self.labeled_cross_entropy(batch, outputs))
 
 
 if __name__ == '__main__':
-    app.run(main)
+    import cli  # defines the flags; only when run as a script
+    cli.main(FullySupervised)

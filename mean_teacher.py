@@ -6,18 +6,25 @@ batch statistics, as in FixMatch's implementation: in inference mode it would us
 that lag the weights and give poor targets early in training. (Its batch norms therefore also fold
 the teacher batch into the EMA network's moving statistics before the EMA update.)
 """
-import tensorflow as tf
-from absl import app, flags
+import dataclasses
 
-import cli
-from libml import losses, train
+import tensorflow as tf
+
+from libml import losses
+from libml.hparams import field
+from libml.method import LossTerms, SSLMethod, Views, warmup
 from libml.models import CLASS_HEAD
 
-FLAGS = flags.FLAGS
+
+@dataclasses.dataclass(frozen=True)
+class MeanTeacherParams:
+    consistency_weight: float = field(50.0, 'Weight of the consistency loss.')
+    warmup_pos: float = field(0.4, 'Share of training over which that weight ramps up.')
 
 
-class MeanTeacher(train.SSLMethod):
+class MeanTeacher(SSLMethod):
     unlabeled_views = 2
+    Params = MeanTeacherParams
 
     def forward(self, batch, training=True):
         outputs = super().forward(batch, training)
@@ -28,24 +35,16 @@ class MeanTeacher(train.SSLMethod):
         # As in the original DC3 code: the student's view carries p_a; L_S compares it with the
         # teacher's output, which gets no gradient.
         teacher = {name: tf.stop_gradient(value) for name, value in outputs.extra['teacher'].items()}
-        return train.Views(main=outputs.unlabeled[1], other=teacher)
+        return Views(main=outputs.unlabeled[1], other=teacher)
 
     def method_losses(self, batch, outputs, progress):
-        return train.LossTerms(
+        return LossTerms(
             labeled_xe=self.labeled_cross_entropy(batch, outputs),
             ssl=losses.softmax_mse(outputs.extra['teacher'][CLASS_HEAD],
                                    outputs.unlabeled[1][CLASS_HEAD]),
-            ssl_weight=self.hparams['consistency_weight'] * train.warmup(
-                progress, self.hparams['warmup_pos']))
-
-
-def main(argv):
-    del argv
-    cli.run(MeanTeacher, consistency_weight=FLAGS.consistency_weight,
-            warmup_pos=FLAGS.warmup_pos)
+            ssl_weight=self.params.consistency_weight * warmup(progress, self.params.warmup_pos))
 
 
 if __name__ == '__main__':
-    flags.DEFINE_float('consistency_weight', 50.0, 'Weight of the consistency loss.')
-    flags.DEFINE_float('warmup_pos', 0.4, 'Share of training over which that weight ramps up.')
-    app.run(main)
+    import cli  # defines the flags; only when run as a script
+    cli.main(MeanTeacher)

@@ -13,8 +13,6 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 DATASET = 'benchrand'
@@ -22,16 +20,8 @@ SEED = 1
 NUM_CLASSES = 10
 COUNTS = {'train': 256, 'unlabeled': 512, 'val': 64}
 
-# method name -> (module, class, hyperparameters = the scripts' flag defaults, augment default)
-METHODS = {
-    'fully_supervised': ('fully_supervised', 'FullySupervised', {}, 'd.d.d'),
-    'pi_model': ('pi_model', 'PiModel', {'consistency_weight': 10.0, 'warmup_pos': 0.4}, 'd.d.d'),
-    'mean_teacher': ('mean_teacher', 'MeanTeacher',
-                     {'consistency_weight': 50.0, 'warmup_pos': 0.4}, 'd.d.d'),
-    'pseudo_label': ('pseudo_label', 'PseudoLabel',
-                     {'consistency_weight': 1.0, 'threshold': 0.95, 'warmup_pos': 0.4}, 'd.d.d'),
-    'fixmatch': ('fixmatch', 'FixMatch', {'wu': 1.0, 'confidence': 0.95}, 'd.d.rac'),
-}
+# The paper's five methods with the augmentation their scripts default to.
+METHODS = ('fully_supervised', 'pi_model', 'mean_teacher', 'pseudo_label', 'fixmatch')
 
 
 def write_random_dataset(data_dir, size=32, counts=None, name=DATASET, seed=SEED,
@@ -56,29 +46,28 @@ def write_random_dataset(data_dir, size=32, counts=None, name=DATASET, seed=SEED
 
 
 def method_class(name):
-    module, cls, _, _ = METHODS[name]
-    return getattr(importlib.import_module(module), cls)
+    from libml import methods
+    return methods.method_class(name)
 
 
 def make_method(name, info, train_dir, dc3=False, mixed_precision=0, filters=32, repeat=4,
                 scales=0, batch=64, uratio=1, augment=None, fused_bn_act='auto'):
-    """One method built as its script builds it, with DC3 composed in when ``dc3``.
+    """One method built as its script builds it (``libml.methods.build``, its hyperparameters and
+    augmentation at the script's defaults), with DC3 composed in when ``dc3``.
 
-    ``dc3=False`` is the vanilla baseline ``DC3Config(combined_output=0, wou=0, wol=0)``;
-    ``dc3=True`` is DC3 with its defaults. ``fused_bn_act`` as the scripts' flag (default auto).
+    ``dc3=False`` is the vanilla method; ``dc3=True`` is DC3 with its defaults. ``fused_bn_act``
+    as the scripts' flag (default auto).
     """
     from libml import dc3 as dc3_lib
-    from libml import train
-    _, _, hparams, default_augment = METHODS[name]
-    config = dc3_lib.DC3Config() if dc3 else dc3_lib.DC3Config(combined_output=0, wou=0, wol=0)
-    cls = method_class(name)
-    cls = dc3_lib.with_dc3(cls) if config.enabled else cls
-    train_config = train.TrainConfig(
+    from libml import methods, models, trainer
+    defaults = methods.flag_defaults(name)
+    train_config = trainer.TrainConfig(
         train_dir=str(train_dir), dataset=f'{info.name}.{info.seed}@-1-10', batch=batch,
-        uratio=uratio, augment=augment or default_augment, mixed_precision=mixed_precision)
-    model_config = train.ModelConfig(filters=filters, scales=scales, repeat=repeat,
-                                     fused_bn_act=fused_bn_act)
-    return cls(info, -1, train_config, model_config, config, **hparams)
+        uratio=uratio, augment=augment or defaults['augment'], mixed_precision=mixed_precision)
+    model_config = models.ModelConfig(filters=filters, scales=scales, repeat=repeat,
+                                      fused_bn_act=fused_bn_act)
+    return methods.build(method_class(name), info, -1, train_config, model_config,
+                         dc3_lib.DC3Config() if dc3 else None, **methods.params_defaults(name))
 
 
 def images_per_step(method):

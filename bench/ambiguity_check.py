@@ -12,14 +12,11 @@ image's soft label has no class at 1), which works for any multi-annotator datas
 """
 import glob
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pandas as pd
+from absl import app, flags
 
-import pandas as pd  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from libml import metrics  # noqa: E402
+from libml import metrics
 
 flags.DEFINE_string('run_dir', None, 'Run folder (with reports/).', required=True)
 flags.DEFINE_string('truth', None, 'truth.csv of the synthetic data (default: the annotators '

@@ -71,7 +71,7 @@ for args_path in sorted(glob.glob(os.path.join(sys.argv[1], '*', 'MeanTeacher_*'
     a = json.load(open(args_path))
     if not os.path.isdir(os.path.join(os.path.dirname(args_path), 'reports')):
         continue
-    kind = ('vanilla' if not a['combined_output'] else
+    kind = ('vanilla' if not (a.get('combined_output') or a.get('wou') or a.get('wol')) else
             'dc3_uncertainty' if a.get('ambiguity_rank') == 'uncertainty' else 'dc3')
     runs[kind].append(os.path.dirname(args_path))
 print(' '.join(f'--source {k}={",".join(v)}' for k, v in runs.items() if v))

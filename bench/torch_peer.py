@@ -40,8 +40,6 @@ import subprocess
 import sys
 import time
 
-if __package__ in (None, ''):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench  # noqa: E402
 
 from libml import io_utils

@@ -22,23 +22,25 @@ README's "Differences from the original code" names the difference.
 
 An image with ``p_a < 0.5`` is classified (``argmax p_n``), otherwise clustered (``argmax p_o``).
 
-This module holds the heads' configuration, the loss functions (pure, per sample, testable against
-NumPy) and ``DC3Mixin``, which any method class composes with through ``with_dc3``.
+This module holds the heads' configuration and ``DC3Mixin``, which any method class composes with
+through ``with_dc3``; the loss functions (pure, per sample, tested against NumPy) live in
+``libml/dc3_losses.py`` and are re-exported here.
 """
 import dataclasses
-import fractions
+import sys
 
 import tensorflow as tf
 
-from libml import distribute, losses
+from libml import distribute, hparams, losses
+from libml.dc3_losses import (  # noqa: F401  (re-exported: the losses are dc3's API)
+    AMBIGUITY_RANKS, CEINV_EPS, EPS, ambiguity_cutoff, ambiguity_loss, ambiguity_pseudo_labels,
+    ambiguity_rank_scores, choose_partners, inverse_cross_entropy, log_uncertainty,
+    scaling_weights, soft_cross_entropy, subset_scaling_weights)
 from libml.errors import DC3Error
 from libml.models import CLASS_HEAD
 
 OVERCLUSTER_HEAD = 'overcluster_logits'
 AMBIGUITY_HEAD = 'ambiguity_logit'
-EPS = 1e-6          # clip of L_A's and L_S's probabilities (the original's ``be`` and ``ce``)
-CEINV_EPS = 1e-7    # clip of CE^-1's probabilities (the original uses Keras' epsilon there)
-AMBIGUITY_RANKS = ('p_a', 'uncertainty')
 SUPERVISED_CERTAINTY = ('labeled', 'unlabeled')
 # Recorded in args.json: runs of the code before the losses followed the original code (no such
 # key) are told apart by scripts/report.py.
@@ -48,33 +50,45 @@ LOSSES_VERSION = 2
 @dataclasses.dataclass(frozen=True)
 class DC3Config:
     """DC3's hyperparameters, named as the original code's flags."""
-    combined_output: int = 4            # 4: ambiguity head on (DC3); 0: off (vanilla / CE^-1 only)
-    wou: float = 10.0                   # weight of CE^-1 on unlabeled images
-    wol: float = 10.0                   # weight of CE^-1 on labeled images
-    wf: float = 0.1                     # weight of the ambiguity loss L_A
-    ws: float = 0.1                     # weight of the overcluster consistency L_S
-    ceinv_labels: int = 1               # 1: partner has another label; 0: random permutation
-    prob_gradient: int = 0              # 1: let gradients flow through the p_a scaling weights
-    use_soft_prob: int = 1              # 0: round the scaling weights to {0, 1}
-    use_loss_rescale: int = 0           # 1: rescale weights by B / sum(weights)
+    combined_output: int = hparams.field(4, '4: DC3 with the ambiguity head; 0: no ambiguity '
+                                            'head.')
+    wou: float = hparams.field(10.0, 'Weight of CE^-1 on unlabeled images (0: off).')
+    wol: float = hparams.field(10.0, 'Weight of CE^-1 on labeled images (0: off).')
+    wf: float = hparams.field(0.1, 'Weight of the ambiguity loss L_A.')
+    ws: float = hparams.field(0.1, 'Weight of the overcluster consistency L_S.')
+    ceinv_labels: int = hparams.field(1, '1: CE^-1 partner has another (pseudo-)label; 0: '
+                                         'random.')
+    prob_gradient: int = hparams.field(0, '1: gradients flow through the p_a loss weights.')
+    use_soft_prob: int = hparams.field(1, '0: round the p_a loss weights to {0, 1}.')
+    use_loss_rescale: int = hparams.field(0, '1: rescale the weights by B / sum(weights).')
     # p_A, the expected share of ambiguous images. A negative value (the original's default -1)
-    # takes the dataset's own estimate from meta.json; see cli.build.
-    prior_fuzzy_distribution: float = 0.6
-    overcluster_factor: int = 5         # k' = factor * k
+    # takes the dataset's own estimate from meta.json (``with_dataset_prior``).
+    prior_fuzzy_distribution: float = hparams.field(
+        0.6, 'p_A: expected share of ambiguous images; negative (the original code\'s -1): the '
+             'dataset\'s estimate from meta.json.')
+    overcluster_factor: int = hparams.field(5, 'Overclustering head size k\' = factor * k.')
     # What L_A's batch ranking sorts by. 'p_a' (the paper, the original code and the spec): the
     # head's own output, so L_A's only signal is p_a's earlier ranking; on our synthetic data the
     # head then splits the images by class, not by ambiguity (BENCHMARKS.md, section 8).
     # 'uncertainty' (our addition): 1 - max p_n, so p_a learns to predict which images the
     # classifier is unsure of. The default stays the spec's, so the paper's command lines
     # reproduce the paper.
-    ambiguity_rank: str = 'p_a'
+    ambiguity_rank: str = hparams.field(
+        'p_a', 'What L_A\'s batch ranking sorts by: p_a (the paper) or the classifier\'s '
+               'uncertainty 1 - max p_n (ours; makes p_a predict ambiguity, see README).',
+        choices=AMBIGUITY_RANKS)
     # 1 (ours, the paper's Eq. 1): the labeled CE^-1 is scaled by the labeled images' 1 - p_a like
     # every other certain-image term. 0: unscaled, as in the original code.
-    scale_labeled_ceinv: int = 1
+    scale_labeled_ceinv: int = hparams.field(
+        1, '1: the labeled CE^-1 is scaled by 1 - p_a (the paper\'s Eq. 1); 0: unscaled, as in '
+           'the original code.')
     # What scales the supervised baseline's cross-entropy (its only SSL term): 'labeled' (the
     # spec) each labeled image's own 1 - p_a; 'unlabeled' (the original ce.py with its default
     # weighted cross-entropy) the unlabeled batch's mean 1 - p_a.
-    supervised_certainty: str = 'labeled'
+    supervised_certainty: str = hparams.field(
+        'labeled', 'fully_supervised.py with DC3: scale the labeled cross-entropy by each labeled '
+                   'image\'s 1 - p_a (labeled, the spec) or by the unlabeled batch\'s mean 1 - '
+                   'p_a (unlabeled, the original ce.py).', choices=SUPERVISED_CERTAINTY)
     losses_version: int = dataclasses.field(default=LOSSES_VERSION, init=False)
 
     def __post_init__(self):
@@ -122,156 +136,65 @@ class DC3Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss functions (per sample)
-# ---------------------------------------------------------------------------------------------
-
-def choose_partners(labels, by_label=True, seed=None):
-    """For every image, the index of another image of the batch, chosen without a Python loop.
-
-    With ``by_label``, a uniformly random image with a different label; if the batch has none, any
-    other image; a batch of one pairs the image with itself. Without ``by_label``, a random
-    permutation of the batch.
-    """
-    size = tf.shape(labels)[0]
-    if not by_label:
-        return tf.random.shuffle(tf.range(size), seed=seed)
-    # Score every pair: 2 for another label, 1 for same label but another image, 0 for itself,
-    # plus uniform noise in [0, 1) that breaks ties at random; the best score wins.
-    differs = tf.cast(labels[:, None] != labels[None, :], tf.float32)
-    other = 1.0 - tf.eye(size)
-    noise = tf.random.uniform([size, size], seed=seed)
-    return tf.argmax(2.0 * differs + other + noise, axis=1, output_type=tf.int32)
-
-
-def inverse_cross_entropy(p, q):
-    """``CE^-1(p, q) = -sum_c p_c ln(1 - q_c)``, both clipped to [1e-7, 1 - 1e-7]; shape [B]."""
-    p = tf.clip_by_value(p, CEINV_EPS, 1.0 - CEINV_EPS)
-    q = tf.clip_by_value(q, CEINV_EPS, 1.0 - CEINV_EPS)
-    return -tf.reduce_sum(p * tf.math.log(1.0 - q), axis=-1)
-
-
-def soft_cross_entropy(p, q):
-    """``-sum_c p_c ln q_c``, both clipped to [1e-6, 1 - 1e-6]; shape [B]. ``L_S`` uses it.
-
-    The gradient reaches both sides; the caller stops it where the method does.
-    """
-    p = tf.clip_by_value(p, EPS, 1.0 - EPS)
-    q = tf.clip_by_value(q, EPS, 1.0 - EPS)
-    return -tf.reduce_sum(p * tf.math.log(q), axis=-1)
-
-
-def ambiguity_cutoff(batch_size, prior):
-    """How many images of a batch of ``batch_size`` are pseudo-labeled ambiguous.
-
-    ``floor(B p_A)`` in exact arithmetic (``p_A`` read as the decimal it was written as: a float32
-    product gives 116 for 180 x 0.65), clamped to [1, B - 1] so both kinds exist; a batch of one
-    gets 0 (the clamp to ``B - 1`` wins), i.e. its single image is called certain.
-    """
-    ratio = fractions.Fraction(repr(float(prior))).limit_denominator(10 ** 6)
-    batch_size = tf.cast(batch_size, tf.int64)
-    count = batch_size * ratio.numerator // ratio.denominator
-    return tf.cast(tf.minimum(tf.maximum(count, 1), batch_size - 1), tf.int32)
-
-
-def log_uncertainty(class_logits):
-    """``ln(sum_{j != top} p_j / p_top)``: increases with ``1 - max p_n`` but, unlike it, does
-    not round to 0 in float32 once the top class leads by more than ~17 in logits."""
-    shifted = class_logits - tf.reduce_max(class_logits, axis=-1, keepdims=True)
-    top = tf.one_hot(tf.argmax(class_logits, axis=-1), tf.shape(class_logits)[-1]) > 0
-    return tf.reduce_logsumexp(tf.where(top, float('-inf'), shifted), axis=-1)
-
-
-def ambiguity_rank_scores(ambiguity_logits, class_logits, rank_by='p_a'):
-    """The per-image score L_A's ranking sorts by (no gradient).
-
-    In the same order as ``p_a`` (``'p_a'``) or ``1 - max p_n`` (``'uncertainty'``), but computed
-    where float32 keeps them apart: the logit itself, and ``log_uncertainty``. (``sigmoid`` is
-    exactly 1.0 for every logit above ~16.6, which would turn the ranking into ties.)
-    """
-    if rank_by == 'uncertainty':
-        scores = log_uncertainty(tf.cast(class_logits, tf.float32))
-    else:
-        scores = ambiguity_logits
-    return tf.stop_gradient(scores)
-
-
-def ambiguity_pseudo_labels(scores, prior):
-    """``h``: 1 for the images whose score reaches the ``ambiguity_cutoff``-th highest, else 0.
-
-    As in the original code, every image tied with that score is called ambiguous, so a tie at
-    the cut-off can make more than ``floor(B p_A)`` ones. No gradient.
-    """
-    scores = tf.stop_gradient(scores)
-    size = tf.shape(scores)[0]
-    cutoff = ambiguity_cutoff(size, prior)
-    descending = tf.sort(scores, direction='DESCENDING')
-    # A cut-off of 0 (a batch of one) calls nothing ambiguous.
-    threshold = tf.where(cutoff > 0, descending[tf.maximum(cutoff - 1, 0)],
-                         tf.constant(float('inf'), scores.dtype))
-    return tf.cast(scores >= threshold, tf.float32)
-
-
-def ambiguity_loss(ambiguity_logits, targets):
-    """Binary cross-entropy of ``p_a = sigmoid(logit)`` against 0/1 targets; shape [B].
-
-    As in the original code, both ``p_a`` and the targets are clipped to [1e-6, 1 - 1e-6]: the
-    loss is bounded and has no gradient once ``p_a`` saturates past the clip.
-    """
-    probs = tf.clip_by_value(tf.sigmoid(ambiguity_logits), EPS, 1.0 - EPS)
-    targets = tf.clip_by_value(targets, EPS, 1.0 - EPS)
-    return -(targets * tf.math.log(probs) + (1.0 - targets) * tf.math.log(1.0 - probs))
-
-
-def scaling_weights(ambiguity_probs, prob_gradient=0, use_soft_prob=1, use_loss_rescale=0):
-    """(certain weights ``1 - p_a``, ambiguous weights ``p_a``) that scale the per-image losses.
-
-    ``prob_gradient=0`` stops gradients through them; ``use_soft_prob=0`` rounds ``p_a`` to {0, 1}
-    (half to even, as ``tf.round``: 0.5 counts as certain); ``use_loss_rescale=1`` multiplies
-    each by ``B / sum(weights)`` (the sum clipped to [1, B - 1]) so that the weighted mean keeps
-    the scale of an unweighted one; ``B`` and the sum cover the global batch when several
-    replicas train together.
-    """
-    return subset_scaling_weights([ambiguity_probs], prob_gradient, use_soft_prob,
-                                  use_loss_rescale)[0]
-
-
-def subset_scaling_weights(probs_per_subset, prob_gradient=0, use_soft_prob=1, use_loss_rescale=0):
-    """``scaling_weights`` of several subsets (labeled, unlabeled), each rescaled by its own sums.
-
-    With several replicas the sums of every subset travel together in a single all-reduce, one
-    collective op (and one in the backward pass with ``prob_gradient=1``) instead of one per sum.
-    """
-    pairs = []
-    for probs in probs_per_subset:
-        ambiguous = probs if prob_gradient else tf.stop_gradient(probs)
-        if not use_soft_prob:
-            ambiguous = tf.stop_gradient(tf.round(ambiguous))
-        pairs.append((1.0 - ambiguous, ambiguous))
-    if not use_loss_rescale:
-        return pairs
-    totals = distribute.global_sum(tf.stack([tf.reduce_sum(w) for pair in pairs for w in pair]))
-    rescaled = []
-    for i, pair in enumerate(pairs):
-        size = tf.cast(distribute.global_batch_size(pair[0]), tf.float32)
-        limit = tf.maximum(size - 1.0, 1.0)
-        rescaled.append(tuple(w * size / tf.clip_by_value(totals[2 * i + j], 1.0, limit)
-                              for j, w in enumerate(pair)))
-    return rescaled
-
-
-# ---------------------------------------------------------------------------------------------
 # The mixin
 # ---------------------------------------------------------------------------------------------
 
 class DC3Mixin:
     """Adds DC3's heads and losses to an SSL method class (see ``with_dc3``).
 
-    It overrides two hooks of ``libml.train.SSLMethod``: ``heads`` (adds the overclustering and
-    ambiguity heads) and ``combine_losses`` (scales the method's terms by certainty and adds
-    CE^-1, L_A and L_S). The method's own ``method_losses`` is untouched; its ``views`` says which
-    unlabeled view carries ``p_a`` and which one is L_S's other side.
+    It takes the ``DC3Config`` (keyword ``dc3``) and overrides hooks of
+    ``libml.method.SSLMethod``: ``heads`` (adds the overclustering and ambiguity heads),
+    ``combine_losses`` (scales the method's terms by certainty and adds CE^-1, L_A and L_S),
+    ``inference`` (adds p_o and p_a), and the run's hyperparameters and folder name. The method's
+    own ``method_losses`` is untouched; its ``views`` says which unlabeled view carries ``p_a``
+    and which one is L_S's other side. A method without unlabeled views of its own may declare
+    ``views_with_dc3``: the views it reads when DC3 is composed in (the supervised baseline: 2).
     """
     dc3: DC3Config
+
+    def __init__(self, dataset, labeled_size, train, model, dc3=None, **hparams):
+        dc3 = dc3 or DC3Config()
+        resolved = dc3.with_dataset_prior(dataset.prior_ambiguity)
+        if resolved is not dc3:
+            print(f'note: --prior_fuzzy_distribution {dc3.prior_fuzzy_distribution:g} takes the '
+                  f'dataset\'s estimate, {resolved.prior_fuzzy_distribution:.4g} (meta.json)',
+                  file=sys.stderr)
+        if train.batch < 2:
+            raise DC3Error('DC3 needs --batch >= 2: CE^-1 pairs images within a batch and L_A '
+                           'ranks them')
+        self.dc3 = resolved
+        super().__init__(dataset, labeled_size, train, model, **hparams)
+
+    @property
+    def unlabeled_views(self):
+        views = super().unlabeled_views
+        if not views and self.dataset.has_split('unlabeled'):
+            views = getattr(self, 'views_with_dc3', 0)
+        return views
+
+    @property
+    def has_ambiguity_head(self):
+        return self.dc3.ambiguity_head
+
+    @property
+    def num_clusters(self):
+        return self.heads().get(OVERCLUSTER_HEAD, self.num_classes)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), **dataclasses.asdict(self.dc3)}
+
+    def name_fields(self):
+        cfg = self.dc3
+        return (f'co{cfg.combined_output}_wol{cfg.wol:g}_wou{cfg.wou:g}'
+                f'_pA{cfg.prior_fuzzy_distribution:g}_{super().name_fields()}')
+
+    def inference_outputs(self, out):
+        result = super().inference_outputs(out)
+        if OVERCLUSTER_HEAD in out:
+            result['cluster_probs'] = tf.nn.softmax(out[OVERCLUSTER_HEAD])
+        if AMBIGUITY_HEAD in out:
+            result['ambiguity'] = tf.sigmoid(out[AMBIGUITY_HEAD][:, 0])
+        return result
 
     def heads(self):
         heads = super().heads()

@@ -19,7 +19,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from libml import models
+from libml import hparams, models
 from libml.errors import DC3Error
 from libml.models import CLASS_HEAD
 
@@ -33,13 +33,22 @@ class DNLLConfig:
 
     The paper's values were not available to us; these defaults are ours.
     """
-    consistency_weight: float = 50.0    # Mean Teacher's here: the same softmax-MSE loss
-    warmup_pos: float = 0.4             # one ramp for consistency and negatives, as Mean Teacher
-    negative_weight: float = 1.0        # a log-loss like the labeled cross-entropy: same scale
-    num_negatives: int = 3              # "a few": a third of CIFAR-10's wrong classes
+    # Mean Teacher's weight here: the same softmax-MSE loss.
+    consistency_weight: float = hparams.field(
+        50.0, 'Weight of each sub-network\'s Mean-Teacher consistency loss.')
+    # One ramp for consistency and negatives, as Mean Teacher's.
+    warmup_pos: float = hparams.field(0.4, 'Share of training over which the unlabeled losses '
+                                           'ramp up.')
+    # A log-loss like the labeled cross-entropy: the same scale.
+    negative_weight: float = hparams.field(1.0, 'Weight of the pseudo-negative label loss.')
+    # "A few": a third of CIFAR-10's wrong classes.
+    num_negatives: int = hparams.field(3, 'Pseudo-negative labels per unlabeled image (at most '
+                                          'k - 1).')
     # Half the uniform probability for k = 10: an untrained, near-uniform network names no
     # negatives, and those it names later are classes it clearly rules out.
-    negative_threshold: float = 0.05
+    negative_threshold: float = hparams.field(
+        0.05, 'A class is a pseudo-negative label only if the naming sub-network gives it a '
+              'probability below this.')
 
     def __post_init__(self):
         checks = [

@@ -18,6 +18,7 @@ import numpy as np
 import sklearn.metrics
 import tensorflow as tf
 
+from libml import hparams
 from libml.errors import DC3Error
 
 # Floor of the joint distribution and its marginals before the logarithm. Far below any value a
@@ -30,7 +31,7 @@ _ROUNDING = 1e-9
 
 @dataclasses.dataclass(frozen=True)
 class FOCConfig:
-    """FOC's own hyperparameters (the overclustering factor is the shared ``overcluster_factor``).
+    """FOC's own hyperparameters.
 
     * ``unlabeled_ratio`` r: the unlabeled images make up at most this share of a step's batch;
       0 trains on labeled images only (their MI still uses the supervised second view).
@@ -39,10 +40,15 @@ class FOCConfig:
     * ``ceinv_weight``: weight of CE^-1 on the overclustering head relative to the normal head's
       cross-entropy (the role of DC3's ``wol``, and its default 10: on the synthetic data it
       used more clusters and made them purer on ambiguous images than 1 did).
+    * ``overcluster_factor``: k' = factor * k clusters; 6 gives CIFAR-10's 60 of the paper. Its
+      flag is the one DC3 has (``--overcluster_factor``), with FOC's default.
     """
-    unlabeled_ratio: float = 0.5
-    supervised_warmup: float = 0.1
-    ceinv_weight: float = 10.0
+    unlabeled_ratio: float = hparams.field(0.5, 'Largest share of unlabeled images in a batch '
+                                                '(0: labeled images only).')
+    supervised_warmup: float = hparams.field(0.1, 'Share of training with the supervised terms '
+                                                  'off (only the mutual information trains).')
+    ceinv_weight: float = hparams.field(10.0, 'Weight of CE^-1 on the overclustering head.')
+    overcluster_factor: int = hparams.field(6, 'Overclustering head size k\' = factor * k.')
 
     def __post_init__(self):
         if not 0.0 <= self.unlabeled_ratio < 1.0:
@@ -53,6 +59,8 @@ class FOCConfig:
                            f'steps), got {self.supervised_warmup}')
         if self.ceinv_weight < 0:
             raise DC3Error(f'--ceinv_weight must be >= 0, got {self.ceinv_weight}')
+        if self.overcluster_factor < 1:
+            raise DC3Error(f'--overcluster_factor must be >= 1, got {self.overcluster_factor}')
 
     def unlabeled_count(self, labeled_batch):
         """Unlabeled images per step next to ``labeled_batch`` labeled ones:

@@ -1,13 +1,12 @@
 """Evaluation metrics of DC3 (paper Section 4 / DC3-SPEC "Metrics"), in pure NumPy + scikit-learn.
 
 The training loop calls ``split_metrics`` once per split and report; the report scripts recompute
-the same numbers from a prediction CSV with ``metrics_from_csv``. Every value is a fraction in
+the same numbers from a prediction CSV with ``libml.run_files.metrics_from_csv``. Every value is a fraction in
 [0, 1] (tables multiply by 100). A value that is undefined for a split — F1 when no image is
 predicted certain, the inner distance when none is predicted ambiguous — is ``None``, never 0,
 so that it can never win a "best run" comparison by accident.
 """
 import numpy as np
-import pandas as pd
 import sklearn.metrics
 
 # An image is predicted ambiguous when its ambiguity probability p_a reaches this value.
@@ -95,28 +94,6 @@ def split_metrics(labels, soft_labels, class_probs, cluster_ids, ambiguity=None)
         'kl': kl,
         'num_images': int(num_images),
     }
-
-
-def read_predictions(csv_path):
-    """Reads a prediction CSV into arrays; ``ambiguity`` is None when its column is empty."""
-    frame = pd.read_csv(csv_path)
-    num_classes = sum(c.startswith('soft_') for c in frame.columns)
-    ambiguity = frame['ambiguity'].to_numpy(dtype=np.float64)
-    return {
-        'frame': frame,
-        'labels': frame['label'].to_numpy(dtype=np.int64),
-        'soft_labels': frame[[f'soft_{i}' for i in range(num_classes)]].to_numpy(np.float64),
-        'class_probs': frame[[f'prob_{i}' for i in range(num_classes)]].to_numpy(np.float64),
-        'cluster_ids': frame['cluster'].to_numpy(dtype=np.int64),
-        'ambiguity': None if np.isnan(ambiguity).all() else ambiguity,
-    }
-
-
-def metrics_from_csv(csv_path):
-    """``split_metrics`` recomputed from a prediction CSV (vanilla: ``ambiguity`` all empty)."""
-    p = read_predictions(csv_path)
-    return split_metrics(p['labels'], p['soft_labels'], p['class_probs'], p['cluster_ids'],
-                         p['ambiguity'])
 
 
 def auroc(scores, is_positive):

@@ -4,14 +4,47 @@ Every network returns a dict: ``'embedding'`` (the pooled features) plus one ent
 ``'logits'`` for the classifier. DC3 adds ``'overcluster_logits'`` and ``'ambiguity_logit'`` as
 separate named layers, so checkpoints, summaries and gradients can address each head by name.
 """
+import dataclasses
 import math
 
 import keras
 import tensorflow as tf
 from keras import layers
 
-from libml import distribute, fused_ops
+from libml import distribute, fused_ops, hparams
 from libml.errors import DC3Error
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network's shape and kernels (the flags of the same names)."""
+    arch: str = hparams.field('resnet', 'Backbone architecture.', choices=('resnet',))
+    filters: int = hparams.field(32, 'Width of the first ResNet stage.')
+    scales: int = hparams.field(0, 'Number of ResNet stages (0: log2(image size) - 2).')
+    repeat: int = hparams.field(4, 'Residual blocks per stage.')
+    bn_momentum: float = hparams.field(
+        0.999, 'Batch-norm momentum; 0.999 (FixMatch) suits long runs, use ~0.99 for runs of a '
+               'few thousand steps.')
+    sync_bn: int = hparams.field(0, '1: with several replicas, batch norm uses the moments of the '
+                                    'global batch (as one device would); 0: each replica its own.')
+    fused_bn_act: str = hparams.field(
+        'auto', 'Train batch norm + leaky ReLU as one CPU op (built with g++ on first use; 1.3x '
+                'faster bf16 steps on AMX CPUs). auto: when no GPU is visible and it builds; on: '
+                'required; off: TensorFlow\'s kernels.', choices=fused_ops.MODES)
+
+    def __post_init__(self):
+        if not 1 <= self.filters <= 4096:
+            raise DC3Error(f'--filters must be in [1, 4096], got {self.filters}')
+        if not 0 <= self.scales <= 8:
+            raise DC3Error(f'--scales must be in [0, 8] (0: log2(image size) - 2), '
+                           f'got {self.scales}')
+        if not 1 <= self.repeat <= 64:
+            raise DC3Error(f'--repeat must be in [1, 64], got {self.repeat}')
+        if not 0 <= self.bn_momentum < 1:  # also refuses NaN
+            raise DC3Error(f'--bn_momentum must be in [0, 1), got {self.bn_momentum}')
+        if self.sync_bn not in (0, 1):
+            raise DC3Error(f'--sync_bn must be 0 or 1, got {self.sync_bn}')
+        hparams.check_choices(self)
 
 CLASS_HEAD = 'logits'
 ARCHITECTURES = ('resnet',)

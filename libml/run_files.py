@@ -1,28 +1,363 @@
-"""Where a run folder keeps its files (TensorFlow-free, so the report scripts start fast).
+"""The files of a run folder, written and read in one place (TensorFlow-free, so scripts start fast).
 
-    <run_dir>/args.json                    the flags the run was started with
-    <run_dir>/reports/img<10 digits>/      one folder per report, named by the images seen:
-        <split>.csv, <split>_embeddings.npy, metrics.json
+    <train_dir>/<dataset>/<Method>_<key hyperparameters>_<hash>/     the run folder (``run_dir``)
+        args.json                  everything that defines the run (``prepare_run_dir``)
+        metrics.jsonl              one JSON line per report (``append_metrics``/``read_metrics``)
+        ckpt/, tb/                 checkpoints, TensorBoard events
+        reports/img<10 digits>/    one folder per report, named by the images seen:
+            <split>.csv            predictions per image (``write_predictions``/``read_predictions``)
+            <split>_embeddings.npy embeddings (final report)
+            metrics.json           the report's metrics, classes and head sizes
+
+Every file is written atomically (``libml.io_utils``): a reader sees the old or the new version.
 """
+import contextlib
+import hashlib
+import json
 import os
+import socket
+import sys
+import time
 
+import numpy as np
+import pandas as pd
+
+from libml import io_utils
 from libml.errors import DC3Error
+from libml.metrics import AMBIGUITY_THRESHOLD, split_metrics
+from libml.run_args import OPERATIONAL_KEYS
 
+ARGS_FILE = 'args.json'
+LOCK_FILE = 'run.lock'  # host and pid of the process training in the folder
+METRICS_FILE = 'metrics.jsonl'
 REPORTS = 'reports'
 REPORT_PREFIX = 'img'
+REPORT_METRICS_FILE = 'metrics.json'
 
 
-def find_report(run_dir, report='latest'):
+# ---------------------------------------------------------------------------------------------
+# The run folder and args.json
+# ---------------------------------------------------------------------------------------------
+
+def args_digest(args):
+    """8 hex digits of the hash of every non-operational key of ``args``."""
+    defining = {k: v for k, v in args.items() if k not in OPERATIONAL_KEYS}
+    return hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_dir(train_dir, dataset, method_name, short, args):
+    """``<train_dir>/<dataset>/<method_name>_<short>_<hash of args>``."""
+    return os.path.join(train_dir, dataset, f'{method_name}_{short}_{args_digest(args)}')
+
+
+def prepare_run_dir(path, args):
+    """Creates the run folder (or checks an existing one holds the same run); writes args.json."""
+    os.makedirs(path, exist_ok=True)
+    args_path = os.path.join(path, ARGS_FILE)
+    if os.path.exists(args_path):
+        # Normalised: a vanilla run's args.json written before 2026-12-04 holds DC3's fields.
+        old, new = normalised_args(io_utils.read_json(args_path, 'run arguments')), \
+            normalised_args(args)
+        changed = sorted(k for k in set(old) | set(new)
+                         if k not in OPERATIONAL_KEYS and old.get(k) != new.get(k))
+        if changed:
+            raise DC3Error(f'{path} holds a run with other hyperparameters '
+                           f'({", ".join(changed)}); use another --train_dir or delete it')
+    io_utils.write_json(args_path, args)
+    return path
+
+
+# Vanilla runs of the code before 2026-12-04 recorded DC3's fields (with DC3 off) in args.json and
+# named their folder <Method>_co0_wol0_wou0_pA<p>_...; these are the fields they may hold.
+LEGACY_DC3_KEYS = frozenset((
+    'combined_output', 'wou', 'wol', 'wf', 'ws', 'ceinv_labels', 'prob_gradient',
+    'use_soft_prob', 'use_loss_rescale', 'prior_fuzzy_distribution', 'overcluster_factor',
+    'ambiguity_rank', 'scale_labeled_ceinv', 'supervised_certainty', 'losses_version'))
+
+
+def is_vanilla(args):
+    """Whether run arguments (args.json, or flags) describe a run without DC3."""
+    return not any(float(args.get(k) or 0) for k in ('combined_output', 'wou', 'wol'))
+
+
+def normalised_args(args):
+    """``args`` without DC3's fields when DC3 is off, so that a vanilla run recorded before
+    2026-12-04 (with them) and one recorded since (without them) compare equal."""
+    if not is_vanilla(args):
+        return dict(args)
+    return {k: v for k, v in args.items() if k not in LEGACY_DC3_KEYS}
+
+
+def legacy_run_dir(parent, method_name, args):
+    """The folder an earlier version named for the run ``args`` (DC3 off), or None.
+
+    It matches when its args.json agrees with ``args`` on every defining key and holds, besides,
+    only DC3's fields with DC3 off (no ambiguity head, no CE^-1).
+    """
+    if not os.path.isdir(parent):
+        return None
+    wanted = {k: v for k, v in args.items() if k not in OPERATIONAL_KEYS}
+    for name in sorted(os.listdir(parent)):
+        if not name.startswith(f'{method_name}_co0_'):
+            continue
+        path = os.path.join(parent, name, ARGS_FILE)
+        try:
+            with open(path, encoding='utf-8') as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            continue
+        extra = {k: v for k, v in old.items() if k not in wanted and k not in OPERATIONAL_KEYS}
+        if (all(old.get(k) == v for k, v in wanted.items()) and set(extra) <= LEGACY_DC3_KEYS
+                and is_vanilla(extra)):
+            return os.path.dirname(path)
+    return None
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _read_lock(path):
+    try:
+        with open(path, encoding='utf-8') as f:
+            holder = json.load(f)
+        return holder if {'host', 'pid'} <= set(holder) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def run_lock(path):
+    """Holds ``<path>/run.lock`` (naming this host and process) while the block runs.
+
+    A second process on the same run folder stops with one error line. A lock left by a process
+    that no longer runs on this host (killed, machine crashed) is taken over with a note; a lock
+    of another host cannot be checked, so the error says how to remove it if it is stale.
+    """
+    os.makedirs(path, exist_ok=True)
+    lock = os.path.join(path, LOCK_FILE)
+    me = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime(
+        '%Y-%m-%d %H:%M:%S')}
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            stale = holder is None or (holder['host'] == me['host']
+                                       and not _process_alive(int(holder['pid'])))
+            if not stale:
+                raise DC3Error(f'{path} is in use by process {holder["pid"]} on '
+                               f'{holder["host"]} (since {holder.get("since", "?")}); wait for it '
+                               f'to finish, or delete {lock} if that process is gone') from None
+            who = (f'process {holder["pid"]} on {holder["host"]}' if holder
+                   else 'an unreadable lock')
+            print(f'note: {path}: taking over the lock of {who}, which no longer runs',
+                  file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+            continue
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            json.dump(me, f)
+            f.flush()
+            os.fsync(f.fileno())
+        break
+    else:
+        raise DC3Error(f'could not take the lock {lock}; another process keeps taking it')
+    try:
+        yield
+    finally:
+        holder = _read_lock(lock)
+        if holder and holder['pid'] == me['pid'] and holder['host'] == me['host']:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------
+
+def report_name(images):
+    """``img0000065536``: the folder of the report after ``images`` training images."""
+    return f'{REPORT_PREFIX}{int(images):010d}'
+
+
+def report_images(name):
+    """The image count of a report folder name, or None if ``name`` is not one."""
+    digits = name[len(REPORT_PREFIX):]
+    return int(digits) if name.startswith(REPORT_PREFIX) and digits.isdigit() else None
+
+
+def report_folders(run_dir_):
+    """``[(images, path)]`` of the run's report folders, by image count."""
+    reports_dir = os.path.join(run_dir_, REPORTS)
+    if not os.path.isdir(reports_dir):
+        return []
+    found = [(report_images(d), os.path.join(reports_dir, d)) for d in os.listdir(reports_dir)]
+    return sorted((images, path) for images, path in found if images is not None)
+
+
+def find_report(run_dir_, report='latest'):
     """Path of ``<run_dir>/reports/<report>``; ``latest`` is the one with the most images."""
-    reports_dir = os.path.join(run_dir, REPORTS)
-    available = sorted(d for d in os.listdir(reports_dir) if d.startswith(REPORT_PREFIX)
-                       and d[len(REPORT_PREFIX):].isdigit()) if os.path.isdir(reports_dir) else []
+    available = report_folders(run_dir_)
     if not available:
-        raise DC3Error(f'{run_dir} has no {REPORTS}/{REPORT_PREFIX}* folder yet; train until the '
+        raise DC3Error(f'{run_dir_} has no {REPORTS}/{REPORT_PREFIX}* folder yet; train until the '
                        'first report')
     if report == 'latest':
-        return os.path.join(reports_dir, max(available, key=lambda d: int(d[len(REPORT_PREFIX):])))
-    if report not in available:
-        raise DC3Error(f'report {report!r} not found in {reports_dir}; available: '
-                       f'{", ".join(available)}')
-    return os.path.join(reports_dir, report)
+        return available[-1][1]
+    for _, path in available:
+        if os.path.basename(path) == report:
+            return path
+    raise DC3Error(f'report {report!r} not found in {os.path.join(run_dir_, REPORTS)}; available: '
+                   f'{", ".join(os.path.basename(p) for _, p in available)}')
+
+
+def write_report_folder(report_dir, predictions, report_metrics, embeddings=False):
+    """The report folder in one atomic step: a CSV (and embeddings) per split, metrics.json."""
+    with io_utils.atomic_path(report_dir) as tmp:
+        os.makedirs(tmp)
+        for split, pred in predictions.items():
+            write_predictions(os.path.join(tmp, f'{split}.csv'), split, pred)
+            if embeddings:
+                np.save(os.path.join(tmp, f'{split}_embeddings.npy'),
+                        pred['embedding'].astype(np.float32))
+        io_utils.write_json(os.path.join(tmp, REPORT_METRICS_FILE), report_metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl
+# ---------------------------------------------------------------------------------------------
+
+def append_metrics(run_dir_, result):
+    """Appends one report's line to metrics.jsonl, flushed to disk before returning.
+
+    A process killed mid-write can leave a torn last line: ``read_metrics`` skips it, and the
+    next append first removes it, so it never ends up between two reports.
+    """
+    path = os.path.join(run_dir_, METRICS_FILE)
+    _drop_torn_last_line(path)
+    with open(path, 'a', encoding='utf-8') as f:
+        f.write(json.dumps(result, sort_keys=True) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _drop_torn_last_line(path):
+    if not os.path.exists(path):
+        return
+    with open(path, encoding='utf-8', errors='replace') as f:
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return
+    try:
+        json.loads(lines[-1])
+        if text.endswith('\n'):
+            return
+        kept = text + '\n'  # a complete last report without its newline
+    except json.JSONDecodeError:
+        kept = ''.join(lines[:-1])
+        print(f'note: {path}: removed an incomplete last line (a crash while writing)',
+              file=sys.stderr)
+    io_utils.write_text(path, kept)
+
+
+def read_metrics(run_dir_):
+    """The report lines of metrics.jsonl (empty if the file is missing), in file order.
+
+    A last line that is not valid JSON is a write cut short by a crash: skipped with a warning
+    (the next report appends after it). A damaged line before others is an error.
+    """
+    path = os.path.join(run_dir_, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding='utf-8', errors='replace') as f:
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    entries = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i < len(lines) - 1:
+                raise DC3Error(f'{path} line {number} is not valid JSON ({e}); fix or remove '
+                               'that line') from None
+            print(f'warning: {path} line {number} is incomplete (a crash while writing?); '
+                  'skipped', file=sys.stderr)
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction CSVs
+# ---------------------------------------------------------------------------------------------
+
+def cluster_ids(pred):
+    """argmax p_o where the network has an overclustering head, else argmax p_n."""
+    return np.argmax(pred.get('cluster_probs', pred['probs']), axis=1)
+
+
+def write_predictions(path, split, pred):
+    """One CSV row per image: record fields, soft label, p_n, cluster, p_a, final output and p_o.
+
+    Columns: ``path, split, index, label, soft_0..k-1, prob_0..k-1, cluster, cluster_prob,
+    ambiguity`` (empty without an ambiguity head), ``output_kind`` (class | cluster), ``output``
+    and, with an overclustering head, ``cluster_prob_0..k'-1``.
+    """
+    probs = pred['probs']
+    clusters = pred.get('cluster_probs', probs)
+    ambiguity = pred.get('ambiguity')
+    k = probs.shape[1]
+    is_cluster = ((ambiguity >= AMBIGUITY_THRESHOLD) if ambiguity is not None
+                  else np.zeros(len(probs), bool))
+    frame = {'path': [p.decode('utf-8') if isinstance(p, bytes) else p for p in pred['path']],
+             'split': split, 'index': pred['index'], 'label': pred['label']}
+    frame.update({f'soft_{c}': pred['soft_label'][:, c] for c in range(k)})
+    frame.update({f'prob_{c}': probs[:, c] for c in range(k)})
+    frame['cluster'] = np.argmax(clusters, axis=1)
+    frame['cluster_prob'] = np.max(clusters, axis=1)
+    frame['ambiguity'] = ambiguity if ambiguity is not None else np.nan
+    frame['output_kind'] = np.where(is_cluster, 'cluster', 'class')
+    frame['output'] = np.where(is_cluster, frame['cluster'], np.argmax(probs, axis=1))
+    if 'cluster_probs' in pred:
+        # The full p_o (k' values), appended after the existing columns: the DCIC export needs
+        # every cluster confidence, not only the argmax above.
+        frame.update({f'cluster_prob_{j}': clusters[:, j] for j in range(clusters.shape[1])})
+    with io_utils.atomic_path(path) as tmp:
+        pd.DataFrame(frame).to_csv(tmp, index=False, float_format='%.6g')
+
+
+def read_predictions(csv_path):
+    """Reads a prediction CSV into arrays; ``ambiguity`` is None when its column is empty."""
+    try:
+        frame = pd.read_csv(csv_path)
+    except FileNotFoundError:
+        raise DC3Error(f'prediction file not found: {csv_path}') from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DC3Error(f'prediction file {csv_path} is damaged ({e}); rerun the report') from None
+    num_classes = sum(c.startswith('soft_') for c in frame.columns)
+    needed = ['path', 'label', 'cluster', 'ambiguity'] + [
+        f'{p}_{i}' for p in ('soft', 'prob') for i in range(num_classes)]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing or not num_classes:
+        raise DC3Error(f'prediction file {csv_path} lacks columns {", ".join(missing) or "soft_*"}'
+                       '; rerun the report')
+    ambiguity = frame['ambiguity'].to_numpy(dtype=np.float64)
+    return {
+        'frame': frame,
+        'labels': frame['label'].to_numpy(dtype=np.int64),
+        'soft_labels': frame[[f'soft_{i}' for i in range(num_classes)]].to_numpy(np.float64),
+        'class_probs': frame[[f'prob_{i}' for i in range(num_classes)]].to_numpy(np.float64),
+        'cluster_ids': frame['cluster'].to_numpy(dtype=np.int64),
+        'ambiguity': None if np.isnan(ambiguity).all() else ambiguity,
+    }
+
+
+def metrics_from_csv(csv_path):
+    """``split_metrics`` recomputed from a prediction CSV (vanilla: ``ambiguity`` all empty)."""
+    p = read_predictions(csv_path)
+    return split_metrics(p['labels'], p['soft_labels'], p['class_probs'], p['cluster_ids'],
+                         p['ambiguity'])

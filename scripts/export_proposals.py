@@ -28,11 +28,8 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw, ImageFont
 
-if __name__ == '__main__':
-    # Run as a file: make the repository root importable without PYTHONPATH.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libml import io_utils, metrics, records
+from libml import io_utils, records, run_files
 from libml.run_files import find_report
 from libml.errors import DC3Error
 
@@ -170,7 +167,7 @@ def write_dcic_export(out, run_dir, args, meta, classes, report_dir, name=None,
     for split in EXPORT_SPLITS:
         path = os.path.join(report_dir, f'{split}.csv')
         if os.path.exists(path):
-            frames[split] = metrics.read_predictions(path)['frame']
+            frames[split] = run_files.read_predictions(path)['frame']
     has_clusters = any(cluster_prob_columns(f) for f in frames.values())
     # DCIC tells a DC3 (S2C2) run from a vanilla one by this key of the file name.
     is_dc3 = int(args.get('combined_output', 0)) == 4 or float(args.get('wou', 0)) > 0 or \
@@ -313,7 +310,7 @@ def export(run_dir, out, split='val', report='latest', name=None, data_dir='data
     classes = list(report_meta.get('classes') or info.classes)
     check_test_fold(meta, allow_test_fold_in_training)
 
-    predictions = metrics.read_predictions(csv_path)
+    predictions = run_files.read_predictions(csv_path)
     frame = predictions['frame']
     dcic_path = write_dcic_export(out, run_dir, args, meta, classes, report_dir, name,
                                   dcic_dataset)

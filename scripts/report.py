@@ -24,11 +24,8 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-if __name__ == '__main__':
-    # Run as a file: make the repository root importable without PYTHONPATH.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libml import io_utils
+from libml import io_utils, run_files
 from libml.errors import DC3Error
 from libml.run_args import OPERATIONAL_KEYS
 
@@ -74,22 +71,22 @@ def find_run_dirs(paths):
 
 
 def last_report(jsonl_path):
-    """The report with the most images seen in ``metrics.jsonl``; None if it has none yet."""
+    """The report with the most images seen in ``metrics.jsonl``; None if it has none yet.
+
+    A line cut short by a crash is skipped with a warning (``run_files.read_metrics``); a complete
+    line that is not a report is an error.
+    """
     best = None
-    with open(jsonl_path, encoding='utf-8') as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                images = int(entry['images'])
-                if not isinstance(entry['splits'], dict):
-                    raise TypeError('"splits" is not an object')
-            except (ValueError, KeyError, TypeError) as e:
-                raise DC3Error(f'{jsonl_path} line {line_number} is not a valid report '
-                               f'({type(e).__name__}: {e}); fix or remove that line') from None
-            if best is None or images >= best['images']:
-                best = dict(entry, images=images)
+    for number, entry in enumerate(run_files.read_metrics(os.path.dirname(jsonl_path) or '.'), 1):
+        try:
+            images = int(entry['images'])
+            if not isinstance(entry['splits'], dict):
+                raise TypeError('"splits" is not an object')
+        except (ValueError, KeyError, TypeError) as e:
+            raise DC3Error(f'{jsonl_path} report {number} is not a valid report '
+                           f'({type(e).__name__}: {e}); fix or remove that line') from None
+        if best is None or images >= best['images']:
+            best = dict(entry, images=images)
     return best
 
 
@@ -128,7 +125,8 @@ def variant_rank(variant):
 
 
 def group_key(args):
-    return json.dumps({k: v for k, v in args.items() if k not in PER_RUN_KEYS}, sort_keys=True)
+    return json.dumps({k: v for k, v in run_files.normalised_args(args).items()
+                       if k not in PER_RUN_KEYS}, sort_keys=True)
 
 
 def collect_runs(paths, split='val', model='ema'):

@@ -16,7 +16,6 @@ pool's ``ambiguous_fraction`` in the first seed's meta.json, rounded to 2 decima
 share one value and therefore one run group).
 """
 import functools
-import json
 import math
 import os
 import shlex
@@ -26,19 +25,13 @@ import sys
 from absl import app, flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if __name__ == '__main__':
-    # Run as a file: make the repository root importable without PYTHONPATH.
-    sys.path.insert(0, REPO_ROOT)
-
-from libml import io_utils
+from libml import io_utils, methods, run_files
 from libml.errors import DC3Error
 from scripts import report as report_lib
 
 FLAGS = flags.FLAGS
-# Method script -> the method name its runs record in args.json.
-METHODS = {'fully_supervised': 'FullySupervised', 'pi_model': 'PiModel',
-           'mean_teacher': 'MeanTeacher', 'pseudo_label': 'PseudoLabel', 'fixmatch': 'FixMatch',
-           'dnll': 'DNLL'}
+# Method script -> the method name its runs record in args.json (FOC has no DC3 ablation).
+METHODS = {name: cls for name, cls in methods.METHODS.items() if name != 'foc'}
 DEFAULT_PRIOR = 0.6
 VARIANTS = {
     'baseline': {'combined_output': 0, 'wou': 0, 'wol': 0},
@@ -153,27 +146,10 @@ def _same(recorded, wanted):
 
 @functools.lru_cache(maxsize=None)
 def method_flag_defaults(method):
-    """Every flag of a method script (``fixmatch``, ...) with its default, as the script sets them.
-
-    The scripts define their own flags and defaults under ``if __name__ == '__main__'``, so the
-    script is executed in a subprocess with ``absl.app.run`` replaced by a function that prints
-    the defaults instead of training (it imports TensorFlow: a few seconds per method, once per
-    process). Do not modify the returned dict: it is cached.
-    """
-    code = ('import json, runpy, sys\n'
-            'from absl import app, flags\n'
-            'def dump(main, argv=None):\n'
-            '    defaults = {name: flags.FLAGS[name].default for name in flags.FLAGS}\n'
-            '    print(json.dumps(defaults, default=str))\n'
-            'app.run = dump\n'
-            'runpy.run_path(sys.argv[1], run_name="__main__")\n')
-    done = subprocess.run([sys.executable, '-c', code, f'{method}.py'], cwd=REPO_ROOT,
-                          capture_output=True, text=True, check=False)
-    printed = done.stdout.strip().splitlines()
-    if done.returncode or not printed:
-        last = (done.stderr.strip().splitlines() or ['it printed nothing'])[-1]
-        raise DC3Error(f'could not read the flag defaults of {method}.py: {last}')
-    return json.loads(printed[-1])
+    """Every flag of a method script (``fixmatch``, ...) with its default, as the script sets them
+    (``libml.methods.flag_defaults``; it imports TensorFlow, so only when needed). Do not modify
+    the returned dict: it is cached."""
+    return methods.flag_defaults(method)
 
 
 def matching_run(existing, run, defaults):
@@ -185,11 +161,13 @@ def matching_run(existing, run, defaults):
     ``dc3`` variant's run. Operational flags (report_kimg, ...) and flags that args.json does
     not record are ignored.
     """
-    wanted = {**defaults, **run['hparams'], 'dataset': run['dataset']}
+    wanted = run_files.normalised_args({**defaults, **run['hparams'], 'dataset': run['dataset']})
     identity = {k: v for k, v in wanted.items() if k not in report_lib.OPERATIONAL_KEYS}
     for run_dir, args in existing:
         if args.get('method') != run['method'] or args.get('dataset') != run['dataset']:
             continue
+        if run_files.is_vanilla(args) != run_files.is_vanilla(wanted):
+            continue  # a vanilla run's args.json may lack DC3's fields altogether
         if all(_same(args[k], v) for k, v in identity.items() if k in args):
             return run_dir, args
     return None

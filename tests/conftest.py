@@ -4,16 +4,14 @@ The dataset here deliberately bypasses scripts/create_datasets.py so training te
 on the importer (which has its own tests).
 """
 import os
-import sys
 
 import numpy as np
 import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from libml import dc3, records, train  # noqa: E402
+from libml import dc3, methods, models, records, trainer
 
 TINY_SIZE = 16
 TINY_CLASSES = ('a', 'b', 'c', 'd')
@@ -55,7 +53,7 @@ def make_method(method_cls, data_dir, train_dir, dc3_config=None, hparams=None, 
                     train_kimg=32 / 1024, report_kimg=32 / 1024, save_kimg=32 / 1024,
                     eval_batch=64)
     settings.update(train_kwargs)
-    cls = dc3.with_dc3(method_cls) if dc3_config.enabled else method_cls
-    return cls(info, -1, train.TrainConfig(**settings),
-               train.ModelConfig(**{'filters': 4, 'scales': 2, 'repeat': 1, **(model or {})}),
-               dc3_config, **(hparams or {}))
+    return methods.build(
+        method_cls, info, -1, trainer.TrainConfig(**settings),
+        models.ModelConfig(**{'filters': 4, 'scales': 2, 'repeat': 1, **(model or {})}),
+        dc3_config, **(hparams or {}))

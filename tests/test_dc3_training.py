@@ -6,7 +6,8 @@ import tensorflow as tf
 
 import fully_supervised
 import mean_teacher
-from libml import data, dc3, train
+from libml import data, dc3
+from libml import method as method_lib
 from libml.models import CLASS_HEAD
 from tests.conftest import make_method
 
@@ -35,13 +36,13 @@ def two_image_batch(rng, k=3, factor=5):
               dc3.OVERCLUSTER_HEAD: rng.normal(size=(2, k * factor)) * 2,
               dc3.AMBIGUITY_HEAD: np.array([[0.3], [-0.8]])} for _ in range(2)]
     as_tf = lambda d: {name: tf.constant(v, tf.float32) for name, v in d.items()}
-    outputs = train.Outputs(labeled=as_tf(labeled), unlabeled=[as_tf(v) for v in views])
+    outputs = method_lib.Outputs(labeled=as_tf(labeled), unlabeled=[as_tf(v) for v in views])
     return {'label': tf.constant([0, 2])}, outputs, labeled, views
 
 
 def loss_host(cfg):
     """A DC3 method object with nothing but its config: enough for ``combine_losses``."""
-    host = object.__new__(dc3.with_dc3(train.SSLMethod))
+    host = object.__new__(dc3.with_dc3(method_lib.SSLMethod))
     host.dc3 = cfg
     return host
 
@@ -53,7 +54,7 @@ def test_ceinv_only_variant_has_no_certainty_scaling():
     for v in outputs.unlabeled:
         v.pop(dc3.AMBIGUITY_HEAD)
     cfg = dc3.DC3Config(combined_output=0, wou=10, wol=10)
-    terms = train.LossTerms(labeled_xe=tf.constant([0.5, 1.0]), ssl=tf.constant([0.2, 0.4]),
+    terms = method_lib.LossTerms(labeled_xe=tf.constant([0.5, 1.0]), ssl=tf.constant([0.2, 0.4]),
                             ssl_weight=1.0)
     got, _ = loss_host(cfg).combine_losses(batch, outputs, terms)
     po_l, po_u = softmax(labeled[dc3.OVERCLUSTER_HEAD]), softmax(views[0][dc3.OVERCLUSTER_HEAD])

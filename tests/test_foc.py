@@ -13,7 +13,7 @@ import sklearn.metrics
 import tensorflow as tf
 
 import foc as foc_script
-from libml import data, dc3, foc, records, train
+from libml import data, dc3, foc, methods, models, records, trainer
 from libml.dc3 import OVERCLUSTER_HEAD
 from libml.errors import DC3Error
 from libml.models import CLASS_HEAD
@@ -158,6 +158,7 @@ def test_unlabeled_share_and_config_checks():
 # ---------------------------------------------------------------------------------------------
 
 def make_foc(tiny_data_dir, tmp_path, **hparams):
+    hparams.setdefault('overcluster_factor', 5)
     return make_method(foc_script.FOC, tiny_data_dir, tmp_path, hparams=hparams, wd=0.0)
 
 
@@ -184,7 +185,7 @@ def test_training_step_trains_both_heads_and_warmup_turns_supervision_off(tiny_d
         assert monitors['foc/supervised_weight'] == float(supervised)
         if supervised:
             expected = (-mutual_information + monitors['losses/xe']
-                        + method.foc.ceinv_weight * monitors['foc/ceinv'])
+                        + method.params.ceinv_weight * monitors['foc/ceinv'])
         else:
             expected = -mutual_information  # CE and CE^-1 are computed but weigh nothing
         assert total == pytest.approx(expected, rel=1e-5)
@@ -234,12 +235,12 @@ def test_clusters_are_purer_than_classes_on_ambiguous_images(synthetic_root, tmp
     information, which corrects for the number of groups, is printed for the record only: across
     seeds of these short runs it favours the clusters less consistently than purity does."""
     info = records.load_dataset_info(str(synthetic_root / 'data'), 'synthetic', 1)
-    method = foc_script.FOC(
-        info, -1, train.TrainConfig(train_dir=str(tmp_path), dataset='synthetic.1@-1-10',
-                                    batch=32, train_kimg=3, report_kimg=3, save_kimg=3,
-                                    eval_batch=256),
-        train.ModelConfig(filters=8, scales=2, repeat=1, bn_momentum=0.99),
-        dc3.DC3Config(combined_output=0, wou=0, wol=0, overcluster_factor=6))
+    method = methods.build(
+        foc_script.FOC, info, -1,
+        trainer.TrainConfig(train_dir=str(tmp_path), dataset='synthetic.1@-1-10', batch=32,
+                            train_kimg=3, report_kimg=3, save_kimg=3, eval_batch=256),
+        models.ModelConfig(filters=8, scales=2, repeat=1, bn_momentum=0.99),
+        overcluster_factor=6)
     run_dir = method.train()
     report = sorted(glob.glob(os.path.join(run_dir, 'reports', 'img*')))[-1]
     truth = pd.read_csv(synthetic_root / 'raw' / 'Synthetic' / 'truth.csv').set_index(
@@ -283,7 +284,7 @@ def test_script_trains_and_reports_overcluster_metrics(tiny_data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = result.stdout.strip().splitlines()[-1]
     args = json.load(open(os.path.join(run_dir, 'args.json')))
-    assert args['method'] == 'FOC' and args['combined_output'] == 0 and args['uratio'] == 1
+    assert args['method'] == 'FOC' and args.get('combined_output', 0) == 0 and args['uratio'] == 1
     assert args['unlabeled_ratio'] == 0.5 and args['overcluster_factor'] == 6
     report = sorted(glob.glob(os.path.join(run_dir, 'reports', 'img*')))[-1]
     saved = json.load(open(os.path.join(report, 'metrics.json')))

@@ -212,9 +212,9 @@ def test_auto_uses_the_op_where_it_builds(ops):
 
 
 def test_an_unknown_mode_is_refused():
-    from libml import train
+    from libml import models
     with pytest.raises(DC3Error, match='auto, on, off'):
-        train.ModelConfig(fused_bn_act='yes')
+        models.ModelConfig(fused_bn_act='yes')
 
 
 @pytest.mark.parametrize('mode', ['on', 'off'])

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import mean_teacher
-from libml import dc3, metrics, records, train
+from libml import dc3, methods, metrics, models, records, run_files, trainer
 from scripts import create_datasets, make_synthetic
 from tests.conftest import ROOT
 from tests.test_training import wait_for_checkpoint
@@ -31,11 +31,10 @@ def synthetic_data_dir(tmp_path_factory):
 
 def train_mean_teacher(data_dir, train_dir, dc3_config, kimg):
     info = records.load_dataset_info(data_dir, 'synthetic', 1)
-    cls = dc3.with_dc3(mean_teacher.MeanTeacher) if dc3_config.enabled else mean_teacher.MeanTeacher
-    method = cls(info, -1, train.TrainConfig(
+    method = methods.build(mean_teacher.MeanTeacher, info, -1, trainer.TrainConfig(
         train_dir=str(train_dir), dataset='synthetic.1@-1-10', batch=32, train_kimg=kimg,
         report_kimg=kimg, save_kimg=kimg, eval_batch=256),
-        train.ModelConfig(filters=8, scales=2, repeat=1, bn_momentum=0.99), dc3_config,
+        models.ModelConfig(filters=8, scales=2, repeat=1, bn_momentum=0.99), dc3_config,
         consistency_weight=50.0, warmup_pos=0.4)
     return method.train()
 
@@ -56,7 +55,7 @@ def test_metrics_json_is_recomputed_from_the_prediction_csvs(synthetic_data_dir,
         saved = json.load(f)
     assert saved['has_ambiguity_head'] and saved['num_clusters'] == 20
     for split in ('train', 'unlabeled', 'val'):
-        again = metrics.metrics_from_csv(os.path.join(report, f'{split}.csv'))
+        again = run_files.metrics_from_csv(os.path.join(report, f'{split}.csv'))
         for key, value in saved['splits'][split]['ema'].items():
             if value is None or isinstance(value, bool):
                 assert again[key] == value, (split, key)

@@ -22,7 +22,8 @@ import fully_supervised
 import mean_teacher
 import pi_model
 import pseudo_label
-from libml import dc3, train
+from libml import dc3
+from libml.method import Outputs
 from libml.models import CLASS_HEAD
 from tests.conftest import make_method
 
@@ -218,7 +219,7 @@ def our_loss_and_gradients(method, values):
 
     def forward(batch, training=True):
         del batch, training
-        return train.Outputs(labeled=dict(variables['labeled']),
+        return Outputs(labeled=dict(variables['labeled']),
                              unlabeled=[dict(variables[v]) for v in views],
                              extra={'teacher': dict(variables['teacher'])})
 

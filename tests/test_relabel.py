@@ -4,7 +4,7 @@ The simulated annotator is checked three ways: its annotation frequencies agains
 probabilities written down from DCIC's description (δ + (0.99 − δ)·g[c], else g renormalised
 without c), its random stream against a transcription of DCIC's ``spa.py`` loop, and the
 measures against a few lines of NumPy each. The script runs on fake run folders whose prediction
-CSVs are written by ``libml.train.write_predictions``.
+CSVs are written by ``libml.run_files.write_predictions``.
 """
 import json
 import math
@@ -18,10 +18,9 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from libml import relabel, train  # noqa: E402
-from libml.errors import DC3Error  # noqa: E402
-from scripts import simulate_relabeling as simulate  # noqa: E402
+from libml import relabel, run_files
+from libml.errors import DC3Error
+from scripts import simulate_relabeling as simulate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,13 +221,13 @@ def make_run(root, name, soft, probs, ambiguity=None, clusters=None, dataset='ci
             p['cluster_probs'] = np.eye(6, dtype=np.float32)[clusters_] * 0.9 + 0.1 / 6
         return p
 
-    train.write_predictions(str(report / 'unlabeled.csv'), 'unlabeled',
+    run_files.write_predictions(str(report / 'unlabeled.csv'), 'unlabeled',
                             pred([f'u/{i}.png' for i in range(n)], soft, probs, ambiguity,
                                  clusters))
     if train_rows is not None:
         labels, train_clusters = train_rows
         m = len(labels)
-        train.write_predictions(str(report / 'train.csv'), 'train',
+        run_files.write_predictions(str(report / 'train.csv'), 'train',
                                 pred([f't/{i}.png' for i in range(m)], np.eye(K)[labels],
                                      np.full((m, K), 1 / K), np.full(m, 0.9), train_clusters))
     (root / name / 'args.json').write_text(json.dumps({'dataset_name': dataset}))

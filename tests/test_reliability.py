@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 import pseudo_label
-from libml import dc3, train
+from libml import dc3, trainer
+from libml.method import LossTerms
 from libml.errors import DC3Error
 from tests.conftest import ROOT, make_method
 
@@ -24,7 +25,7 @@ class PoisonedPseudoLabel(pseudo_label.PseudoLabel):
         terms = super().method_losses(batch, outputs, progress)
         self.calls.assign_add(1)
         poison = tf.where(tf.equal(self.calls, 3), float('nan'), 0.0)
-        return train.LossTerms(labeled_xe=terms.labeled_xe + poison, ssl=terms.ssl,
+        return LossTerms(labeled_xe=terms.labeled_xe + poison, ssl=terms.ssl,
                                ssl_weight=terms.ssl_weight)
 
 
@@ -59,7 +60,7 @@ def test_nan_policy_skip_rewinds_and_finishes(tiny_data_dir, tmp_path, capsys):
                                          ('ema', 1.0), ('uratio', 0), ('nan_policy', 'retry')])
 def test_train_config_rejects_invalid_values(field, value):
     with pytest.raises(DC3Error, match=f'--{field}'):
-        train.TrainConfig(train_dir='x', dataset='tiny.1@-1-10', **{field: value})
+        trainer.TrainConfig(train_dir='x', dataset='tiny.1@-1-10', **{field: value})
 
 
 def test_dc3_with_a_batch_of_one_is_refused(tiny_data_dir, tmp_path):

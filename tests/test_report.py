@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from libml.errors import DC3Error  # noqa: E402
-from scripts import report, run_ablation  # noqa: E402
+from libml.errors import DC3Error
+from scripts import report, run_ablation
 
 BASE_ARGS = {'method': 'MeanTeacher', 'dataset_name': 'cifar10n', 'combined_output': 0,
              'wou': 0.0, 'wol': 0.0, 'wf': 0.1, 'ws': 0.1, 'prior_fuzzy_distribution': 0.6,
@@ -176,8 +175,13 @@ def test_errors(tmp_path):
     with pytest.raises(DC3Error, match='no run folders'):
         report.collect_runs([str(tmp_path / 'empty')])
     run_dir = make_run(tmp_path / 'train', 1, {}, (.7, .6, 0., False))
+    # A last line cut short (a crash while appending) is skipped: the run keeps its report.
     with open(run_dir / 'metrics.jsonl', 'a') as f:
         f.write('{"images": 5000, "splits": \n')
+    assert len(report.collect_runs([str(tmp_path / 'train')])) == 1
+    # A damaged line followed by others is not a torn write: an error naming the line.
+    with open(run_dir / 'metrics.jsonl', 'a') as f:
+        f.write('{"images": 6000, "splits": {}}\n')
     with pytest.raises(DC3Error, match='line 2'):
         report.collect_runs([str(tmp_path / 'train')])
 

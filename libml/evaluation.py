@@ -1,0 +1,83 @@
+"""Evaluation: predict every split with the raw and the EMA weights, compute the metrics, write
+the report (``libml.run_files``), the TensorBoard scalars and one console line."""
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from libml import data, metrics, run_files
+
+SPLITS = ('train', 'unlabeled', 'val', 'test')  # 'train' (the labeled images) first
+MODELS = ('ema', 'raw')
+CONSOLE_METRICS = ('accuracy', 'f1_certain', 'inner_distance', 'd_minus_f1', 'ambiguous_share')
+
+
+def eval_datasets(method):
+    """Ordered, cached evaluation passes over every split the method's dataset has."""
+    return {split: data.eval_inputs(method.dataset, split, method.train_config.eval_batch)
+            for split in SPLITS if method.dataset.has_split(split)}
+
+
+def predict(method, dataset, which='ema'):
+    """Runs one model over a split: dict of NumPy arrays (outputs and record fields)."""
+    columns = {}
+    for batch in dataset:
+        out = method._predict[which](batch['image'])
+        for name, value in list(out.items()) + [(k, batch[k]) for k in
+                                                ('label', 'soft_label', 'path', 'index')]:
+            columns.setdefault(name, []).append(value.numpy())
+    return {name: np.concatenate(parts) for name, parts in columns.items()}
+
+
+def split_results(method, eval_sets):
+    """``({split: {model: metrics}}, {split: EMA predictions})`` of every split."""
+    results, predictions, labeled = {}, {}, {}
+    for split, dataset in eval_sets.items():
+        results[split] = {}
+        for which in MODELS:
+            pred = predict(method, dataset, which)
+            if split == 'train':
+                labeled[which] = pred
+            results[split][which] = {
+                **metrics.split_metrics(pred['label'], pred['soft_label'], pred['probs'],
+                                        run_files.cluster_ids(pred), pred.get('ambiguity')),
+                **method.method_metrics(split, pred, labeled.get(which))}
+            if which == 'ema':
+                predictions[split] = pred
+    return results, predictions
+
+
+def write_summaries(writer, images, results):
+    """Every numeric metric as a TensorBoard scalar ``<split>/<model>/<name>`` at ``images``."""
+    with writer.as_default(step=images):
+        for split, per_model in results.items():
+            for which, values in per_model.items():
+                for name, value in values.items():
+                    if value is not None and not isinstance(value, str):
+                        tf.summary.scalar(f'{split}/{which}/{name}', float(value))
+    writer.flush()
+
+
+def _fmt(value):
+    return 'n/a' if value is None else f'{100 * value:.2f}' if isinstance(value, float) else value
+
+
+def report(method, out_dir, step, eval_sets, writer=None, embeddings=False):
+    """Evaluates raw and EMA weights on every split; writes metrics, CSVs and summaries."""
+    images = step * method.global_batch
+    result = {'images': images, 'kimg': images / 1024, 'step': step, 'splits': {}}
+    result['splits'], predictions = split_results(method, eval_sets)
+    if writer is not None:
+        write_summaries(writer, images, result['splits'])
+    report_dir = os.path.join(out_dir, run_files.REPORTS, run_files.report_name(images))
+    run_files.write_report_folder(report_dir, predictions, {
+        **result, 'classes': list(method.dataset.classes),
+        'has_ambiguity_head': method.has_ambiguity_head,
+        'num_clusters': method.num_clusters}, embeddings)
+    run_files.append_metrics(out_dir, result)
+    val = result['splits'].get('val', {}).get('ema', {})
+    tqdm.tqdm.write(f'kimg {images / 1024:.1f}: ' + ' '.join(
+        f'{k}={_fmt(val.get(k))}' for k in CONSOLE_METRICS), file=sys.stderr)
+    return result

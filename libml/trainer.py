@@ -1,0 +1,297 @@
+"""The training loop: configuration, process set-up, checkpoints, TensorBoard and the NaN policy.
+
+``train(method)`` trains any ``libml.method.SSLMethod`` to ``train_kimg`` and resumes from the run
+folder's latest checkpoint; ``evaluate_checkpoint`` reports one checkpoint. One summary writer
+per run folder receives the training scalars (means over ``log_every`` steps) and the reports'
+metrics (``libml.evaluation``).
+"""
+import dataclasses
+import glob
+import math
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+import tqdm
+
+from libml import distribute, evaluation, hparams, run_files
+from libml.errors import DC3Error
+
+MAX_CONSECUTIVE_SKIPS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The run's data, optimisation, length and operation (the flags of the same names)."""
+    train_dir: str = hparams.field(help_text='Folder that receives the run folders.',
+                                   flag_default='experiments')
+    dataset: str = hparams.field(
+        help_text='Dataset <name>.<seed>@<labeled size or -1>-<ignored>, generated under '
+                  '$ML_DATA.', flag_default='synthetic.1@-1-10')
+    batch: int = hparams.field(64, 'Labeled images per step and replica (global batch: batch x '
+                                   'replicas).')
+    uratio: int = hparams.field(1, 'Unlabeled images per labeled image in a step.')
+    lr: float = hparams.field(0.03, 'Initial learning rate (cosine decay to cos(7 pi / 16) of it).')
+    wd: float = hparams.field(0.0005, 'Weight decay: factor of sum(kernel^2) / 2 in the loss.')
+    ema: float = hparams.field(0.999, 'Decay of the exponential moving average of the weights.')
+    train_kimg: float = hparams.field(1 << 16, 'Training length in thousands (1024) of labeled '
+                                               'images.')
+    report_kimg: float = hparams.field(64, 'Evaluate and write predictions every this many kimg.')
+    save_kimg: float = hparams.field(64, 'Save a checkpoint every this many kimg.')
+    keep_ckpt: int = hparams.field(50, 'Checkpoints to keep.')
+    seed: int = hparams.field(0, 'Seed of weight initialisation, data order and augmentation.')
+    augment: str = hparams.field('d.d.d', 'Augmentations labeled.unlabeled1.unlabeled2: x none, d '
+                                          'flip+translate, rac RandAugment+cutout.')
+    use_weighted_xe: int = hparams.field(
+        1, '1 (the original DC3 code\'s default): weight the labeled cross-entropy by class '
+           '(inverse frequency in the labeled split); 0: unweighted.')
+    mixed_precision: int = hparams.field(0, '1: bf16 on CPU, fp16 with loss scaling on GPU.')
+    nan_policy: str = hparams.field('stop', 'On a non-finite loss: stop with an error, or rewind '
+                                            'to the last checkpoint.', choices=('stop', 'skip'))
+    eval_batch: int = hparams.field(256, 'Batch size of evaluation.')
+    deterministic: int = hparams.field(
+        0, '1: TF op determinism; with the same --seed two runs on the same machine give '
+           'identical results (slower).')
+    strategy: str = hparams.field('default', 'default: one device; mirrored: one replica per GPU '
+                                             'of this machine.', choices=distribute.STRATEGIES)
+
+    def __post_init__(self):
+        finite = all(math.isfinite(v) for v in (self.lr, self.wd, self.ema, self.train_kimg,
+                                                self.report_kimg, self.save_kimg))
+        checks = [
+            (finite, '--lr, --wd, --ema, --train_kimg, --report_kimg and --save_kimg must be '
+                     'finite numbers'),
+            (self.batch >= 1, f'--batch must be >= 1, got {self.batch}'),
+            (self.uratio >= 1, f'--uratio must be >= 1, got {self.uratio}'),
+            (self.lr > 0, f'--lr must be > 0, got {self.lr}'),
+            (self.wd >= 0, f'--wd must be >= 0, got {self.wd}'),
+            (0 <= self.ema < 1, f'--ema must be in [0, 1), got {self.ema}'),
+            (self.train_kimg > 0, f'--train_kimg must be > 0, got {self.train_kimg}'),
+            (self.report_kimg > 0, f'--report_kimg must be > 0, got {self.report_kimg}'),
+            (self.save_kimg > 0, f'--save_kimg must be > 0, got {self.save_kimg}'),
+            (self.keep_ckpt >= 1, f'--keep_ckpt must be >= 1, got {self.keep_ckpt}'),
+            (self.eval_batch >= 1, f'--eval_batch must be >= 1, got {self.eval_batch}'),
+            (self.mixed_precision in (0, 1),
+             f'--mixed_precision must be 0 or 1, got {self.mixed_precision}'),
+            (self.deterministic in (0, 1), f'--deterministic must be 0 or 1, got '
+                                           f'{self.deterministic}'),
+            (self.use_weighted_xe in (0, 1), f'--use_weighted_xe must be 0 or 1, got '
+                                             f'{self.use_weighted_xe}'),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DC3Error(message)
+        hparams.check_choices(self)
+
+
+class CosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """FixMatch's schedule: ``lr * cos(7 pi t / 16)`` with t the training progress in [0, 1]."""
+
+    def __init__(self, lr, total_steps):
+        self.lr = lr
+        self.total_steps = total_steps
+
+    def __call__(self, step):
+        progress = tf.minimum(tf.cast(step, tf.float32) / self.total_steps, 1.0)
+        return self.lr * tf.cos(progress * (7.0 * math.pi / 16.0))
+
+    def get_config(self):
+        return {'lr': self.lr, 'total_steps': self.total_steps}
+
+
+def set_precision(mixed_precision):
+    """bf16 on CPUs (AMX), fp16 with loss scaling on GPUs, else float32. Returns the policy name."""
+    if not mixed_precision:
+        policy = 'float32'
+    elif tf.config.list_physical_devices('GPU'):
+        policy = 'mixed_float16'
+    else:
+        policy = 'mixed_bfloat16'
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def configure_process(config):
+    """The process-wide state a run needs before its networks are built: the precision policy,
+    op determinism and the seeds. Returns the precision policy's name."""
+    policy = set_precision(config.mixed_precision)
+    if config.deterministic:
+        # Process-wide: deterministic kernels, and tf.data runs stateful augmentations in order.
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    return policy
+
+
+def schedule_every(kimg, global_batch):
+    """Steps between two events that happen every ``kimg`` thousand (1024) images."""
+    return max(1, round(kimg * 1024 / global_batch))
+
+
+def checkpoints_newest_first(ckpt_dir, manager):
+    """Every checkpoint of the folder, newest first: the manager's list, and any ``ckpt-N`` whose
+    ``checkpoint`` state file is missing or damaged."""
+    found = set(manager.checkpoints)
+    for index in glob.glob(os.path.join(ckpt_dir, 'ckpt-*.index')):
+        found.add(index[:-len('.index')])
+
+    def number(path):
+        digits = path.rsplit('-', 1)[-1]
+        return int(digits) if digits.isdigit() else -1
+    return sorted(found, key=number, reverse=True)
+
+
+def restore_newest_readable(method, ckpt_dir, manager):
+    """Restores the newest checkpoint that reads back; an unreadable one (truncated, flipped
+    bytes) is skipped with a warning. Returns its path, or None for a run without checkpoints;
+    never silently starts from step 0 while checkpoints exist."""
+    candidates = checkpoints_newest_first(ckpt_dir, manager)
+    first_error = None
+    for path in candidates:
+        try:
+            method.checkpoint.restore(path).expect_partial()
+            return path
+        # What TensorFlow raises for truncated or altered files varies with the damage.
+        except (tf.errors.OpError, ValueError, KeyError, IndexError, AssertionError) as e:
+            first_error = first_error or f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
+            print(f'warning: checkpoint {path} is unreadable ({type(e).__name__}); trying the '
+                  'one before', file=sys.stderr)
+    if candidates:
+        raise DC3Error(f'none of the {len(candidates)} checkpoints in {ckpt_dir} reads back '
+                       f'({first_error}); move the folder away to train again from step 0')
+    return None
+
+
+def report_steps(step, report_every, total_steps):
+    """The steps up to ``step`` at which the loop writes a report."""
+    steps = set(range(report_every, step + 1, report_every))
+    if step >= total_steps:
+        steps.add(total_steps)
+    return sorted(steps)
+
+
+def complete_reports(method, run_dir, manager, step, report_every, eval_sets, writer):
+    """After a resume: writes the reports a crash left out (killed between a checkpoint and its
+    report), from the checkpoints of their steps; the run's newest weights are restored after."""
+    done_folders = {images for images, _ in run_files.report_folders(run_dir)}
+    done_lines = {int(entry.get('images', -1)) for entry in run_files.read_metrics(run_dir)}
+    complete = done_folders & done_lines
+    # Reports are written in order, so a crash loses only those after the last complete one.
+    last_complete = max(complete, default=0) // method.global_batch
+    latest = manager.latest_checkpoint
+    for report_step in report_steps(step, report_every, method.total_steps):
+        images = report_step * method.global_batch
+        if report_step <= last_complete or images in complete:
+            continue
+        path = os.path.join(os.path.dirname(latest), f'ckpt-{report_step}') if latest else None
+        if report_step != step and not (path and tf.io.gfile.exists(path + '.index')):
+            print(f'warning: the report at step {report_step} is missing and its checkpoint is '
+                  'gone; it cannot be rewritten', file=sys.stderr)
+            continue
+        print(f'note: writing the report of step {report_step}, which an interrupted run left '
+              'out', file=sys.stderr)
+        if report_step != step:
+            method.checkpoint.restore(path).expect_partial()
+        evaluation.report(method, run_dir, report_step, eval_sets, writer,
+                          embeddings=report_step == method.total_steps)
+        if report_step != step:
+            method.checkpoint.restore(latest).expect_partial()
+
+
+def train(method):
+    """Trains ``method`` to ``train_kimg``, resuming from the run folder's latest checkpoint.
+
+    The run folder is locked for the duration (``run_files.run_lock``). After a resume, reports
+    that a crash left out are written first (``complete_reports``).
+    """
+    run_dir = method.resolve_run_dir()
+    with run_files.run_lock(run_dir):
+        run_files.prepare_run_dir(run_dir, method.hyperparameters())
+        return _train(method, run_dir)
+
+
+def _train(method, run_dir):
+    cfg = method.train_config
+    ckpt_dir = os.path.join(run_dir, 'ckpt')
+    manager = tf.train.CheckpointManager(method.checkpoint, ckpt_dir, max_to_keep=cfg.keep_ckpt)
+    restored = restore_newest_readable(method, ckpt_dir, manager)
+    if restored:
+        print(f'Resumed from {restored}', file=sys.stderr)
+    step = int(method.optimizer.iterations.numpy())
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, 'tb'))
+    batch = method.global_batch
+    report_every = schedule_every(cfg.report_kimg, batch)
+    save_every = schedule_every(cfg.save_kimg, batch)
+    log_every = max(1, min(report_every, round(1024 / batch)))
+    eval_sets = evaluation.eval_datasets(method)
+    if restored:
+        complete_reports(method, run_dir, manager, step, report_every, eval_sets, writer)
+
+    # After a resume the data order is re-seeded from the step: restoring tf.data's shuffle
+    # buffer would write a copy of the dataset into every checkpoint.
+    keras.utils.set_random_seed(cfg.seed + step)
+    iterator = method.train_batches(cfg.seed + step)
+    sums, count, skips = {}, 0, 0
+    bar = tqdm.tqdm(total=method.total_steps * batch, initial=step * batch, unit='img',
+                    unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+                    mininterval=1 if sys.stderr.isatty() else 30, desc=os.path.basename(run_dir))
+    start = time.time()
+    while step < method.total_steps:
+        monitors = method._train_step(next(iterator))
+        if not math.isfinite(float(monitors['losses/total'].numpy())):
+            step, skips = _diverged(method, step, monitors, manager, skips)
+            continue
+        skips = 0
+        step += 1
+        bar.update(batch)
+        for name, value in monitors.items():
+            sums[name] = sums.get(name, 0.0) + value
+        count += 1
+        if step % log_every == 0 or step == method.total_steps:
+            means = {name: float(total.numpy()) / count for name, total in sums.items()}
+            means['monitors/img_per_sec'] = count * batch / (time.time() - start)
+            with writer.as_default(step=step * batch):
+                for name, value in means.items():
+                    tf.summary.scalar(name, value)
+            bar.set_postfix(loss=f'{means["losses/total"]:.3f}')
+            sums, count, start = {}, 0, time.time()
+        if step % save_every == 0 or step == method.total_steps:
+            manager.save(checkpoint_number=step)
+        if step % report_every == 0 or step == method.total_steps:
+            evaluation.report(method, run_dir, step, eval_sets, writer,
+                              embeddings=step == method.total_steps)
+    bar.close()
+    writer.flush()
+    return run_dir
+
+
+def _diverged(method, step, monitors, manager, skips):
+    """A non-finite loss: stop (default) or rewind to the last checkpoint and go on."""
+    terms = ', '.join(f'{k}={float(v.numpy()):.4g}' for k, v in sorted(monitors.items())
+                      if k.startswith(('losses/', 'dc3/')))
+    where = f'non-finite loss at step {step + 1} ({terms})'
+    if method.train_config.nan_policy == 'stop' or skips >= MAX_CONSECUTIVE_SKIPS:
+        kept = manager.latest_checkpoint or 'none saved yet'
+        raise DC3Error(f'{where}; stopped, last good checkpoint: {kept}; lower --lr, check '
+                       'the data, or pass --nan_policy skip')
+    # Batch-norm statistics of the bad batch are already in the model: rewind everything.
+    if manager.latest_checkpoint:
+        method.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    print(f'warning: {where}; skipped, resuming from step '
+          f'{int(method.optimizer.iterations.numpy())}', file=sys.stderr)
+    return int(method.optimizer.iterations.numpy()), skips + 1
+
+
+def evaluate_checkpoint(method, checkpoint_path):
+    """``--eval_ckpt``: loads one checkpoint and writes its report next to the run folder."""
+    if not tf.io.gfile.exists(checkpoint_path + '.index'):
+        raise DC3Error(f'checkpoint {checkpoint_path} not found (give the path without '
+                       '.index, e.g. RUN/ckpt/ckpt-1000)')
+    method.checkpoint.restore(checkpoint_path).expect_partial()
+    step = int(method.optimizer.iterations.numpy())
+    out_dir = os.path.join(os.path.dirname(os.path.dirname(checkpoint_path)), 'eval',
+                           os.path.basename(checkpoint_path))
+    os.makedirs(out_dir, exist_ok=True)
+    evaluation.report(method, out_dir, step, evaluation.eval_datasets(method), embeddings=True)
+    return out_dir
