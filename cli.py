@@ -73,6 +73,7 @@ def build(method_cls, **params):
         dc3_config = None
     name, seed, size = records.parse_dataset_name(train_config.dataset)
     info = records.load_dataset_info(FLAGS.data_dir or records.default_data_dir(), name, seed)
+    records.verify_dataset(info.directory)  # before any run folder exists (file sizes: cheap)
     explicit = {name for name in FLAGS if FLAGS[name].present}
     train_config = method_cls.adjust_train_config(train_config, params, explicit)
     return methods.build(method_cls, info, size, train_config, model_config, dc3_config,

@@ -208,7 +208,12 @@ def train(method):
     run_dir = method.resolve_run_dir()
     with run_files.run_lock(run_dir):
         run_files.prepare_run_dir(run_dir, method.hyperparameters())
-        return _train(method, run_dir)
+        try:
+            return _train(method, run_dir)
+        except tf.errors.DataLossError as e:
+            raise DC3Error(f'damaged data while training ({str(e).splitlines()[0][:200]}); '
+                           'check the dataset with records.verify_dataset(..., checksum=True) '
+                           'and re-run its import') from None
 
 
 def _train(method, run_dir):

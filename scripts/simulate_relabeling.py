@@ -51,6 +51,9 @@ def define_flags():
     flags.DEFINE_list('acceptance_offset', [], 'δ values; empty = DCIC\'s value for the dataset.')
     flags.DEFINE_integer('simulations', 2, 'Independent simulations per setting (κ compares '
                          'them pairwise; at least 2).')
+    flags.DEFINE_integer('cluster_proposals', 1, '1: a DC3 run proposes its cluster\'s majority '
+                         'label for images it calls ambiguous; 0: its class head\'s argmax for '
+                         'every image (to tell the head\'s classes from the clusters\' effect).')
     flags.DEFINE_integer('seed', relabel.DCIC_SEED, 'Seed of the first simulation (DCIC\'s by '
                          'default); simulation s uses seed + s.')
     flags.mark_flags_as_required(['source', 'out'])
@@ -136,7 +139,7 @@ def simulate_setting(soft_gt, proposed, repetitions, offset, seeds):
 
 
 def run_simulations(sources, splits, repetitions, offsets, simulations, seed, report='latest',
-                    progress=print):
+                    progress=print, cluster_proposals=True):
     """Every setting of every run. Returns ``(rows DataFrame, {(source, i): estimate frame})``."""
     seeds = [seed + s for s in range(simulations)]
     groups = []  # distinct image sets: (paths, soft_gt) -> simulated once from scratch
@@ -170,8 +173,9 @@ def run_simulations(sources, splits, repetitions, offsets, simulations, seed, re
                 raise DC3Error(f'{run_dir}: soft labels and class probabilities differ in size')
             group = group_of(run)
             run_offsets = offsets or [relabel.acceptance_offset(run['dataset_name'])]
-            proposed, from_cluster = relabel.proposals(run['class_probs'], run['ambiguity'],
-                                                       run['cluster_ids'], run['majorities'])
+            proposed, from_cluster = relabel.proposals(
+                run['class_probs'], run['ambiguity'] if cluster_proposals else None,
+                run['cluster_ids'], run['majorities'])
             base = {'source': name, 'run': index, 'run_dir': run_dir, 'group': group,
                     'num_images': len(proposed),
                     'proposal_right': float(np.mean(proposed == run['soft_gt'].argmax(axis=1))),
@@ -315,8 +319,11 @@ def main(argv):
     except ValueError:
         raise DC3Error(f'--acceptance_offset {",".join(FLAGS.acceptance_offset)}: expected '
                        'numbers') from None
+    if FLAGS.cluster_proposals not in (0, 1):
+        raise DC3Error(f'--cluster_proposals {FLAGS.cluster_proposals} must be 0 or 1')
     rows, estimates = run_simulations(sources, FLAGS.splits, repetitions, offsets,
-                                      FLAGS.simulations, FLAGS.seed, FLAGS.report)
+                                      FLAGS.simulations, FLAGS.seed, FLAGS.report,
+                                      cluster_proposals=bool(FLAGS.cluster_proposals))
     write_outputs(FLAGS.out, rows, estimates, FLAGS.table_repetitions)
 
 

@@ -187,3 +187,35 @@ def test_all_checkpoints_damaged_is_one_error(tiny_data_dir, tmp_path):
         corrupt(index)
     with pytest.raises(DC3Error, match='none of the .* checkpoints .* reads back'):
         method(tiny_data_dir, tmp_path).train()
+
+
+def copy_tiny_data(tiny_data_dir, tmp_path):
+    import shutil
+    target = tmp_path / 'data'
+    shutil.copytree(tiny_data_dir, target)
+    return target, next(target.glob('tiny.1')) / 'train.tfrecord'
+
+
+def test_a_damaged_split_stops_the_script_before_a_run_folder_exists(tiny_data_dir, tmp_path):
+    data_dir, train_file = copy_tiny_data(tiny_data_dir, tmp_path)
+    with open(train_file, 'r+b') as f:
+        f.truncate(train_file.stat().st_size - 100)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, 'mean_teacher.py', '--dataset', 'tiny.1@-1-10', '--data_dir',
+         str(data_dir), '--train_dir', str(tmp_path / 'runs'), '--filters', '4'],
+        cwd=root, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}, capture_output=True,
+        text=True, timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'train.tfrecord' in errors[0], result.stderr[-2000:]
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_a_flipped_byte_in_the_data_is_one_error(tiny_data_dir, tmp_path):
+    data_dir, train_file = copy_tiny_data(tiny_data_dir, tmp_path)
+    data = bytearray(train_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the records' checksums can tell
+    train_file.write_bytes(bytes(data))
+    with pytest.raises(DC3Error, match='damaged data while training'):
+        method(str(data_dir), tmp_path / 'runs').train()

@@ -280,6 +280,15 @@ def test_script_table(runs):
     assert len(pd.read_csv(out / 'relabeling.csv')) == 2 + 2 + 2
 
 
+def test_dc3_run_without_cluster_proposals_proposes_its_classes(runs):
+    _, _, dc3, soft = runs
+    rows, estimates = simulate.run_simulations({'dc3': [dc3]}, ['unlabeled'], [1], [0.5], 2, 7,
+                                               progress=lambda _: None, cluster_proposals=False)
+    frame = estimates[('dc3', 0)]
+    np.testing.assert_array_equal(frame['proposal'], soft.argmax(axis=1))  # its 'good' p_n
+    assert not frame['proposal_from_cluster'].any()
+
+
 def test_dataset_offset_is_used_by_default(runs):
     _, vanilla, _, _ = runs
     rows, _ = simulate.run_simulations({'vanilla': [vanilla]}, ['unlabeled'], [1], [], 2, 7,
