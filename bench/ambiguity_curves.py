@@ -11,31 +11,22 @@ AUROC against kimg, one line per run).
     python -m bench.ambiguity_curves experiments/cifar10n_long --out bench/out/long
 """
 import argparse
-import glob
-import json
 import os
 import sys
 
 import pandas as pd
 
-from libml import io_utils, metrics
+from libml import io_utils, metrics, run_files
 from libml.errors import DC3Error
 from scripts import report
 
 
 def report_rows(run_dir, split):
     args = io_utils.read_json(os.path.join(run_dir, 'args.json'), 'run arguments')
-    by_images = {}
-    jsonl = os.path.join(run_dir, 'metrics.jsonl')
-    if os.path.exists(jsonl):
-        with open(jsonl, encoding='utf-8') as f:
-            for line in f:
-                if line.strip():
-                    entry = json.loads(line)
-                    by_images[int(entry['images'])] = entry['splits'][split]['ema']
+    by_images = {int(entry['images']): entry['splits'][split]['ema']
+                 for entry in run_files.read_metrics(run_dir)}
     rows = []
-    for folder in sorted(glob.glob(os.path.join(run_dir, 'reports', 'img*'))):
-        images = int(os.path.basename(folder)[3:])
+    for images, folder in run_files.report_folders(run_dir):
         csv = os.path.join(folder, f'{split}.csv')
         if images not in by_images or not os.path.exists(csv):
             continue
