@@ -205,9 +205,15 @@ def read_json(path, what='file'):
 
 
 def run_cli(main_fn, argv=None):
-    """Runs ``main_fn(argv)`` and reports a DC3Error as one line on stderr with exit status 2."""
+    """Runs ``main_fn(argv)`` and reports a DC3Error, or an error of the file system (no
+    permission, disk full, file too large, ...), as one line on stderr with exit status 2."""
     try:
         return main_fn(argv)
     except DC3Error as e:
         print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        where = f': {e.filename}' if e.filename else ''
+        print(f'error: {e.strerror or e}{where}; check the path, its permissions and the free '
+              'space', file=sys.stderr)
         sys.exit(2)

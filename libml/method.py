@@ -332,6 +332,9 @@ def make_params(params_cls, values):
     if unknown:
         raise DC3Error(f'{params_cls.__name__} has no hyperparameter {", ".join(unknown)} '
                        f'(it has: {", ".join(sorted(names)) or "none"})')
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DC3Error(f'--{name} must be a finite number, got {value}')
     try:
         return params_cls(**values)
     except TypeError as e:

@@ -63,6 +63,10 @@ class TrainConfig:
         checks = [
             (finite, '--lr, --wd, --ema, --train_kimg, --report_kimg and --save_kimg must be '
                      'finite numbers'),
+            ('/' not in self.dataset and '\\' not in self.dataset
+             and self.dataset not in ('', '.', '..'),
+             f'--dataset {self.dataset!r} must be a dataset name like cifar10n.1@-1-10, not a '
+             'path'),
             (self.batch >= 1, f'--batch must be >= 1, got {self.batch}'),
             (self.uratio >= 1, f'--uratio must be >= 1, got {self.uratio}'),
             (self.lr > 0, f'--lr must be > 0, got {self.lr}'),

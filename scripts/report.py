@@ -157,6 +157,8 @@ def collect_runs(paths, split='val', model='ema'):
             'dataset_seed': args.get('dataset_seed'),
             'seed': args.get('seed'),
             'images': report['images'],
+            'finished': bool(float(report.get('kimg', report['images'] / 1024))
+                             >= float(args.get('train_kimg', 0)) - 1e-9),
             'degenerate': bool(metrics.get('degenerate', False)),
         }
         for _, key in TABLE_METRICS:
@@ -166,6 +168,11 @@ def collect_runs(paths, split='val', model='ema'):
         rows.append(row)
     if not rows:
         raise DC3Error(f'none of the {len(run_dirs)} run folders has a report in metrics.jsonl yet')
+    unfinished = [row['run_dir'] for row in rows if not row['finished']]
+    if unfinished:
+        print(f'warning: {len(unfinished)} of {len(rows)} runs have not reached their train_kimg; '
+              'they count with their latest report (column "finished" of runs.csv): '
+              + ', '.join(unfinished), file=sys.stderr)
     return pd.DataFrame(rows)
 
 

@@ -104,3 +104,42 @@ def test_deterministic_runs_are_identical(tiny_data_dir, tmp_path):
     first = run_tiny(tiny_data_dir, tmp_path / 'a', seed=5)
     assert first == run_tiny(tiny_data_dir, tmp_path / 'b', seed=5)
     assert first != run_tiny(tiny_data_dir, tmp_path / 'c', seed=6)  # the seed matters
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--consistency_weight', 'nan'], '--consistency_weight must be a finite number'),
+    (['--lr', 'inf'], 'must be finite numbers'),
+    (['--wou', 'nan'], '--wou must be a finite number'),
+    (['--filters', '0'], '--filters must be in'),
+    (['--scales', '40'], '--scales must be in'),
+    (['--eval_batch', '0'], '--eval_batch must be >= 1'),
+    (['--dataset', 'tiny.1@-1-10/../../escaped'], 'not a path'),
+])
+def test_bad_numbers_and_names_are_one_error_line(tiny_data_dir, tmp_path, flags, message):
+    result = subprocess.run(
+        [sys.executable, 'mean_teacher.py', '--dataset', 'tiny.1@-1-10', '--data_dir',
+         tiny_data_dir, '--train_dir', str(tmp_path / 'runs'), *flags],
+        cwd=ROOT, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}, capture_output=True,
+        text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not (tmp_path / 'runs').exists() and not (tmp_path / 'escaped').exists()
+
+
+def test_a_read_only_train_dir_is_one_error_line(tiny_data_dir, tmp_path):
+    if os.geteuid() == 0:
+        # root ignores permissions: make the train_dir a file instead, also an OS error.
+        train_dir = tmp_path / 'not_a_folder'
+        train_dir.write_text('')
+    else:
+        train_dir = tmp_path / 'read_only'
+        train_dir.mkdir(mode=0o500)
+    result = subprocess.run(
+        [sys.executable, 'mean_teacher.py', '--dataset', 'tiny.1@-1-10', '--data_dir',
+         tiny_data_dir, '--train_dir', str(train_dir), '--filters', '4', '--train_kimg', '0.01'],
+        cwd=ROOT, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}, capture_output=True,
+        text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+    assert str(train_dir) in errors[0] and 'Traceback' not in result.stderr

@@ -328,3 +328,15 @@ def test_ablation_uncertainty_variant_passes_the_ranking_flag(tmp_path):
     assert len(commands) == 2
     assert '--ambiguity_rank=uncertainty' not in commands[0]
     assert '--ambiguity_rank=uncertainty' in commands[1]
+
+
+def test_an_unfinished_run_is_named(tmp_path, capsys):
+    make_run(tmp_path, 1, {}, (.7, .6, 0., False), train_kimg=4)
+    unfinished = make_run(tmp_path, 2, {}, (.7, .6, 0., False), train_kimg=4)
+    args = json.loads((unfinished / 'args.json').read_text())
+    (unfinished / 'args.json').write_text(json.dumps(dict(args, train_kimg=8)))
+    runs = report.collect_runs([str(tmp_path)])
+    assert sorted(runs['finished']) == [False, True]
+    err = capsys.readouterr().err
+    assert 'warning: 1 of 2 runs have not reached their train_kimg' in err
+    assert str(unfinished) in err
