@@ -36,7 +36,8 @@ def _owner_tag():
     return f'{os.getpid()}@{_host()}'
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """Whether a process with this pid runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -55,7 +56,7 @@ def _is_stale(full_path, match):
     except FileNotFoundError:
         return False
     if match.group('pid') is not None and match.group('host') == _host():
-        return not _pid_alive(int(match.group('pid'))) or age > STALE_AFTER_SECONDS
+        return not pid_alive(int(match.group('pid'))) or age > STALE_AFTER_SECONDS
     return age > STALE_AFTER_SECONDS
 
 

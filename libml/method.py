@@ -16,7 +16,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from libml import data, distribute, fused_ops, losses, models, run_files, trainer
+from libml import data, distribute, fused_ops, losses, models, records, run_files, trainer
 from libml.errors import DC3Error
 from libml.models import CLASS_HEAD
 
@@ -288,6 +288,7 @@ class SSLMethod:
         """Everything that defines the run, flat, for args.json and the run folder name."""
         return {'method': self.method_name, 'dataset_name': self.dataset.name,
                 'dataset_seed': self.dataset.seed, 'labeled_size': self.labeled_size,
+                'dataset_fingerprint': records.dataset_fingerprint(self.dataset.directory),
                 'replicas': self.replicas,
                 **dataclasses.asdict(self.train_config), **dataclasses.asdict(self.model_config),
                 **dataclasses.asdict(self.params)}

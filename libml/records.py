@@ -172,6 +172,18 @@ def verify_split(directory, split, meta=None, checksum=False):
                        f'(truncated or replaced); {fix}')
 
 
+def dataset_fingerprint(directory, meta=None):
+    """16 hex digits naming the exact TFRecords of a dataset (their sha256, or count and size
+    for datasets imported before checksums were recorded); changes when it is re-imported."""
+    meta = _read_meta(directory) if meta is None else meta
+    parts = {}
+    for split, entry in sorted(meta.get('splits', {}).items()):
+        path = os.path.join(directory, entry.get('file') or split_file(split))
+        size = entry.get('bytes', os.path.getsize(path) if os.path.exists(path) else None)
+        parts[split] = entry.get('sha256') or f'{entry.get("count")}:{size}'
+    return hashlib.sha1(repr(sorted(parts.items())).encode()).hexdigest()[:16]
+
+
 def verify_dataset(directory, meta=None, checksum=False):
     """``verify_split`` for every split listed in meta.json."""
     meta = _read_meta(directory) if meta is None else meta

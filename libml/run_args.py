@@ -7,4 +7,8 @@ it optimises. ``strategy`` is one of them because what it changes is recorded ap
 which kernels compute batch norm + leaky ReLU (the same network, to float rounding).
 """
 OPERATIONAL_KEYS = ('report_kimg', 'save_kimg', 'keep_ckpt', 'eval_ckpt', 'train_dir',
-                    'nan_policy', 'eval_batch', 'deterministic', 'strategy', 'fused_bn_act')
+                    'nan_policy', 'eval_batch', 'deterministic', 'strategy', 'fused_bn_act',
+                    # Not operational but outside the run's identity too: recorded, and checked
+                    # on its own (run_files.prepare_run_dir, the export), so that a re-imported
+                    # dataset is noticed without renaming any run.
+                    'dataset_fingerprint')

@@ -45,6 +45,14 @@ def args_digest(args):
     return hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def check_same_data(path, recorded, current):
+    """One error line when the run ``path`` trained on other TFRecords than the current ones."""
+    if recorded and current and recorded != current:
+        raise DC3Error(f'the dataset changed since {path} was trained (fingerprint {recorded}, now '
+                       f'{current}: it was re-imported); use the data the run trained on, or train '
+                       'a new run in another --train_dir')
+
+
 def run_dir(train_dir, dataset, method_name, short, args):
     """``<train_dir>/<dataset>/<method_name>_<short>_<hash of args>``."""
     return os.path.join(train_dir, dataset, f'{method_name}_{short}_{args_digest(args)}')
@@ -58,6 +66,7 @@ def prepare_run_dir(path, args):
         # Normalised: a vanilla run's args.json written before 2026-12-04 holds DC3's fields.
         old, new = normalised_args(io_utils.read_json(args_path, 'run arguments')), \
             normalised_args(args)
+        check_same_data(path, old.get('dataset_fingerprint'), new.get('dataset_fingerprint'))
         changed = sorted(k for k in set(old) | set(new)
                          if k not in OPERATIONAL_KEYS and old.get(k) != new.get(k))
         if changed:
@@ -113,16 +122,6 @@ def legacy_run_dir(parent, method_name, args):
     return None
 
 
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
 def _read_lock(path):
     try:
         with open(path, encoding='utf-8') as f:
@@ -150,7 +149,7 @@ def run_lock(path):
         except FileExistsError:
             holder = _read_lock(lock)
             stale = holder is None or (holder['host'] == me['host']
-                                       and not _process_alive(int(holder['pid'])))
+                                       and not io_utils.pid_alive(int(holder['pid'])))
             if not stale:
                 raise DC3Error(f'{path} is in use by process {holder["pid"]} on '
                                f'{holder["host"]} (since {holder.get("since", "?")}); wait for it '

@@ -223,7 +223,7 @@ def gallery_image(images, lines):
     return canvas
 
 
-def write_galleries(out_dir, frame, soft_labels, images_by_index, classes, gallery_size):
+def write_galleries(out_dir, frame, soft_labels, images_by_path, classes, gallery_size):
     """One gallery per cluster of images predicted ambiguous; returns the cluster ids written."""
     ambiguous = frame[frame['output_kind'] == 'cluster']
     written = []
@@ -233,11 +233,13 @@ def write_galleries(out_dir, frame, soft_labels, images_by_index, classes, galle
             # The images the cluster head is most sure of are the most telling examples.
             shown = members.sort_values('cluster_prob', ascending=False, kind='stable')
             shown = shown.head(gallery_size)
-            missing = [i for i in shown['index'] if i not in images_by_index]
+            # Matched by path, not by record index: an index names another image after a
+            # re-import (another slice or seed), a path does not.
+            missing = [p for p in shown['path'] if p not in images_by_path]
             if missing:
-                raise DC3Error(f'images with index {missing[:5]} of the prediction CSV are not in '
-                               'the split\'s TFRecord; was the dataset regenerated after training?')
-            images = np.stack([images_by_index[i] for i in shown['index']])
+                raise DC3Error(f'images {missing[:3]} of the prediction CSV are not in the split\'s '
+                               'TFRecord; was the dataset regenerated after training?')
+            images = np.stack([images_by_path[p] for p in shown['path']])
             mean_soft = soft_labels[frame.index.get_indexer(members.index)].mean(axis=0)
             lines = caption_lines(int(cluster_id), len(members), len(shown), mean_soft, classes)
             gallery_image(images, lines).save(os.path.join(tmp, f'cluster_{int(cluster_id)}.png'))
@@ -309,6 +311,8 @@ def export(run_dir, out, split='val', report='latest', name=None, data_dir='data
     meta = io_utils.read_json(os.path.join(info.directory, records.META_FILE), 'dataset metadata')
     classes = list(report_meta.get('classes') or info.classes)
     check_test_fold(meta, allow_test_fold_in_training)
+    run_files.check_same_data(run_dir, args.get('dataset_fingerprint'),
+                              records.dataset_fingerprint(info.directory, meta))
 
     predictions = run_files.read_predictions(csv_path)
     frame = predictions['frame']
@@ -317,10 +321,10 @@ def export(run_dir, out, split='val', report='latest', name=None, data_dir='data
 
     if (frame['output_kind'] == 'cluster').any():
         split_data = records.read_split_numpy(info.directory, split, len(classes))
-        images_by_index = dict(zip(split_data['index'].tolist(), split_data['image']))
+        paths = [p.decode('utf-8') if isinstance(p, bytes) else str(p) for p in split_data['path']]
         clusters = write_galleries(os.path.join(out, 'galleries'), frame,
-                                   predictions['soft_labels'], images_by_index, classes,
-                                   gallery_size)
+                                   predictions['soft_labels'], dict(zip(paths, split_data['image'])),
+                                   classes, gallery_size)
         print(f'wrote {len(clusters)} cluster galleries to {os.path.join(out, "galleries")}')
     else:
         print('warning: no image is predicted ambiguous; no galleries written', file=sys.stderr)

@@ -39,7 +39,7 @@ def colour(index):
     return (200, 10 + 20 * index, 0)
 
 
-def make_data(root, keep_test=True):
+def make_data(root, keep_test=True, index_shift=0):
     directory = Path(records.dataset_dir(str(root), 'toy', 1))
     directory.mkdir(parents=True)
     serialized = []
@@ -48,7 +48,8 @@ def make_data(root, keep_test=True):
         Image.new('RGB', (8, 8), colour(i)).save(buffer, format='PNG')
         soft = np.eye(3)[i % 3]
         serialized.append(records.serialize_example(buffer.getvalue(), i % 3, soft,
-                                                    f'fold1/img_{i}.png', 'val', i))
+                                                    f'fold1/img_{i}.png', 'val',
+                                                    (i + index_shift) % NUM_VAL))
     with tf.io.TFRecordWriter(str(directory / records.split_file('val'))) as writer:
         for s in serialized[::-1]:  # stored order differs from index order on purpose
             writer.write(s)
@@ -301,7 +302,7 @@ def test_unknown_index_and_report_are_errors(tmp_path, data_dir):
     rows = list(ROWS)
     run_dir = make_run(tmp_path / 'train', 'MeanTeacher_bad', rows)
     frame = pd.read_csv(run_dir / 'reports' / 'img0000001024' / 'val.csv')
-    frame.loc[3, 'index'] = 99
+    frame.loc[3, 'path'] = 'fold1/img_99.png'  # not in the TFRecord (matched by path)
     frame.to_csv(run_dir / 'reports' / 'img0000001024' / 'val.csv', index=False)
     with pytest.raises(DC3Error, match='99'):
         export.export(str(run_dir), str(tmp_path / 'export'), data_dir=data_dir)
@@ -346,3 +347,24 @@ def test_dc3_run_is_named_s2c2_even_without_p_o_in_its_csvs(tmp_path, data_dir, 
     assert file.startswith('predictions-MeanTeacher_old-mean-s2c2#dataset-')
     assert not any(name.startswith('fuzzy_') for name in sets)
     assert 'no fuzzy sets' in capsys.readouterr().err
+
+
+def test_galleries_find_images_by_path_not_by_record_index(tmp_path):
+    """A re-import may number the records differently; the galleries must still show the
+    images the predictions name."""
+    data_dir = make_data(tmp_path / 'data', index_shift=1)
+    run_dir = make_run(tmp_path / 'train', 'MeanTeacher_dc3')
+    out = tmp_path / 'export'
+    export.export(str(run_dir), str(out), split='val', data_dir=data_dir, gallery_size=3)
+    colours = {c for _, c in Image.open(out / 'galleries' / 'cluster_4.png').convert(
+        'RGB').getcolors(1 << 20)}
+    assert {colour(3), colour(4), colour(5)} <= colours
+    assert not {colour(i) for i in (0, 1, 2, 6, 7)} & colours
+
+
+def test_export_refuses_data_that_changed_under_the_run(tmp_path, data_dir):
+    run_dir = make_run(tmp_path / 'train', 'MeanTeacher_dc3')
+    args = json.loads((run_dir / 'args.json').read_text())
+    (run_dir / 'args.json').write_text(json.dumps(dict(args, dataset_fingerprint='0' * 16)))
+    with pytest.raises(DC3Error, match='the dataset changed since'):
+        export.export(str(run_dir), str(tmp_path / 'out'), split='val', data_dir=data_dir)

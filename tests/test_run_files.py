@@ -125,3 +125,16 @@ def test_prepare_run_dir_refuses_another_run(tmp_path):
     run_files.prepare_run_dir(path, {'lr': 0.1, 'report_kimg': 2})  # operational: fine
     with pytest.raises(DC3Error, match=r'other hyperparameters \(lr\)'):
         run_files.prepare_run_dir(path, {'lr': 0.2, 'report_kimg': 2})
+
+
+def test_a_run_refuses_to_continue_on_re_imported_data(tiny_data_dir, tmp_path):
+    hparams = {'consistency_weight': 50.0, 'warmup_pos': 0.4}
+    run_dir = make_method(mean_teacher.MeanTeacher, tiny_data_dir, tmp_path,
+                          hparams=hparams).train()
+    args_path = os.path.join(run_dir, 'args.json')
+    args = json.loads(open(args_path).read())
+    assert len(args['dataset_fingerprint']) == 16
+    with open(args_path, 'w') as f:  # as if the data had been re-imported since
+        json.dump(dict(args, dataset_fingerprint='f' * 16), f)
+    with pytest.raises(DC3Error, match='the dataset changed since'):
+        make_method(mean_teacher.MeanTeacher, tiny_data_dir, tmp_path, hparams=hparams).train()
