@@ -11,7 +11,7 @@ work unchanged. A method script is::
 """
 from absl import app, flags, logging
 
-from libml import dc3, hparams, io_utils, methods, models, records, trainer
+from libml import dc3, distribute, hparams, io_utils, methods, models, records, trainer
 from libml.errors import DC3Error
 
 FLAGS = flags.FLAGS
@@ -85,6 +85,10 @@ def run(method_cls, **params):
     loss, ...) becomes one ``error:`` line on stderr and exit status 2."""
     def main(_):
         logging.set_verbosity(logging.WARNING)  # TF's checkpoint INFO lines drown the progress bar
+        if FLAGS.eval_ckpt and FLAGS.strategy == 'multiworker':
+            raise DC3Error('--eval_ckpt runs in one process; drop --strategy multiworker')
+        # Before any other op: a multi-worker strategy configures the runtime's collective ops.
+        distribute.make_strategy(FLAGS.strategy)
         method = build(method_cls, **params)
         out = method.evaluate_checkpoint(FLAGS.eval_ckpt) if FLAGS.eval_ckpt else method.train()
         print(out)

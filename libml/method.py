@@ -278,7 +278,13 @@ class SSLMethod:
     def train_batches(self, seed):
         """Iterator over training batches, each split into one slice per replica."""
         inputs = data.train_inputs(self.dataset, self.input_config(seed))
-        return iter(self.strategy.experimental_distribute_dataset(inputs))
+        # Every worker of a cluster builds the same seeded pipeline and keeps its replicas'
+        # slices of each global batch: each split is one TFRecord file, so sharding by file
+        # (the default) would leave all but one worker without data.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        return iter(self.strategy.experimental_distribute_dataset(inputs.with_options(options)))
 
     # ------------------------------------------------------------------------------------------
     # The run

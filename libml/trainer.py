@@ -5,8 +5,8 @@ folder's latest checkpoint; ``evaluate_checkpoint`` reports one checkpoint. One 
 per run folder receives the training scalars (means over ``log_every`` steps) and the reports'
 metrics (``libml.evaluation``).
 """
+import contextlib
 import dataclasses
-import glob
 import math
 import os
 import sys
@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 import tqdm
 
-from libml import distribute, evaluation, hparams, run_files
+from libml import checkpoints, distribute, evaluation, hparams, run_files
 from libml.errors import DC3Error
 
 MAX_CONSECUTIVE_SKIPS = 10
@@ -54,8 +54,10 @@ class TrainConfig:
     deterministic: int = hparams.field(
         0, '1: TF op determinism; with the same --seed two runs on the same machine give '
            'identical results (slower).')
-    strategy: str = hparams.field('default', 'default: one device; mirrored: one replica per GPU '
-                                             'of this machine.', choices=distribute.STRATEGIES)
+    strategy: str = hparams.field(
+        'default', 'default: one device; mirrored: one replica per GPU of this machine; '
+                   'multiworker: one process per machine, the cluster from TF_CONFIG or SLURM '
+                   '(README, "Several machines").', choices=distribute.STRATEGIES)
 
     def __post_init__(self):
         finite = all(math.isfinite(v) for v in (self.lr, self.wd, self.ema, self.train_kimg,
@@ -133,40 +135,6 @@ def schedule_every(kimg, global_batch):
     return max(1, round(kimg * 1024 / global_batch))
 
 
-def checkpoints_newest_first(ckpt_dir, manager):
-    """Every checkpoint of the folder, newest first: the manager's list, and any ``ckpt-N`` whose
-    ``checkpoint`` state file is missing or damaged."""
-    found = set(manager.checkpoints)
-    for index in glob.glob(os.path.join(ckpt_dir, 'ckpt-*.index')):
-        found.add(index[:-len('.index')])
-
-    def number(path):
-        digits = path.rsplit('-', 1)[-1]
-        return int(digits) if digits.isdigit() else -1
-    return sorted(found, key=number, reverse=True)
-
-
-def restore_newest_readable(method, ckpt_dir, manager):
-    """Restores the newest checkpoint that reads back; an unreadable one (truncated, flipped
-    bytes) is skipped with a warning. Returns its path, or None for a run without checkpoints;
-    never silently starts from step 0 while checkpoints exist."""
-    candidates = checkpoints_newest_first(ckpt_dir, manager)
-    first_error = None
-    for path in candidates:
-        try:
-            method.checkpoint.restore(path).expect_partial()
-            return path
-        # What TensorFlow raises for truncated or altered files varies with the damage.
-        except (tf.errors.OpError, ValueError, KeyError, IndexError, AssertionError) as e:
-            first_error = first_error or f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
-            print(f'warning: checkpoint {path} is unreadable ({type(e).__name__}); trying the '
-                  'one before', file=sys.stderr)
-    if candidates:
-        raise DC3Error(f'none of the {len(candidates)} checkpoints in {ckpt_dir} reads back '
-                       f'({first_error}); move the folder away to train again from step 0')
-    return None
-
-
 def report_steps(step, report_every, total_steps):
     """The steps up to ``step`` at which the loop writes a report."""
     steps = set(range(report_every, step + 1, report_every))
@@ -207,35 +175,60 @@ def train(method):
     """Trains ``method`` to ``train_kimg``, resuming from the run folder's latest checkpoint.
 
     The run folder is locked for the duration (``run_files.run_lock``). After a resume, reports
-    that a crash left out are written first (``complete_reports``).
+    that a crash left out are written first (``complete_reports``). In a multi-worker cluster
+    only the chief locks the folder and writes args.json, reports, metrics.jsonl and TensorBoard;
+    the other workers train and save (``libml.checkpoints``) without writing to the folder.
     """
     run_dir = method.resolve_run_dir()
-    with run_files.run_lock(run_dir):
-        run_files.prepare_run_dir(run_dir, method.hyperparameters())
+    chief = distribute.is_chief(method.strategy)
+    with run_files.run_lock(run_dir) if chief else contextlib.nullcontext():
+        if chief:
+            run_files.prepare_run_dir(run_dir, method.hyperparameters())
         try:
-            return _train(method, run_dir)
+            return _train(method, run_dir, chief)
         except tf.errors.DataLossError as e:
             raise DC3Error(f'damaged data while training ({str(e).splitlines()[0][:200]}); '
                            'check the dataset with records.verify_dataset(..., checksum=True) '
                            'and re-run its import') from None
+        except PEER_LOST as e:
+            worker = distribute.worker_id(method.strategy)
+            if not worker:
+                raise
+            raise DC3Error(f'{worker}: another worker of the cluster stopped or cannot be '
+                           f'reached ({type(e).__name__}: {_first_line(e)}); rerun every worker '
+                           'to resume from the last checkpoint') from None
 
 
-def _train(method, run_dir):
+# What a collective op raises when a peer dies: its heartbeats stop and the runtime aborts the op.
+PEER_LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+             tf.errors.DeadlineExceededError)
+
+
+def _first_line(error):
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if 'unhealthy' in line or 'aborted' in line.lower()]
+    return (useful or lines or [''])[0][:200]
+
+
+def _train(method, run_dir, chief):
     cfg = method.train_config
-    ckpt_dir = os.path.join(run_dir, 'ckpt')
-    manager = tf.train.CheckpointManager(method.checkpoint, ckpt_dir, max_to_keep=cfg.keep_ckpt)
-    restored = restore_newest_readable(method, ckpt_dir, manager)
+    ckpts = checkpoints.RunCheckpoints(method.checkpoint, os.path.join(run_dir, 'ckpt'),
+                                       cfg.keep_ckpt, chief)
+    restored = ckpts.restore_newest_readable()
     if restored:
         print(f'Resumed from {restored}', file=sys.stderr)
     step = int(method.optimizer.iterations.numpy())
-    writer = tf.summary.create_file_writer(os.path.join(run_dir, 'tb'))
+    distribute.agree(method.strategy, step, 'the step to resume from',
+                     'the run folder must be on a file system that every worker sees')
+    writer = (tf.summary.create_file_writer(os.path.join(run_dir, 'tb')) if chief
+              else tf.summary.create_noop_writer())
     batch = method.global_batch
     report_every = schedule_every(cfg.report_kimg, batch)
     save_every = schedule_every(cfg.save_kimg, batch)
     log_every = max(1, min(report_every, round(1024 / batch)))
-    eval_sets = evaluation.eval_datasets(method)
-    if restored:
-        complete_reports(method, run_dir, manager, step, report_every, eval_sets, writer)
+    eval_sets = evaluation.eval_datasets(method) if chief else None
+    if restored and chief:
+        complete_reports(method, run_dir, ckpts.manager, step, report_every, eval_sets, writer)
 
     # After a resume the data order is re-seeded from the step: restoring tf.data's shuffle
     # buffer would write a copy of the dataset into every checkpoint.
@@ -243,53 +236,58 @@ def _train(method, run_dir):
     iterator = method.train_batches(cfg.seed + step)
     sums, count, skips = {}, 0, 0
     bar = tqdm.tqdm(total=method.total_steps * batch, initial=step * batch, unit='img',
-                    unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+                    unit_scale=True, dynamic_ncols=True, file=sys.stderr, disable=not chief,
                     mininterval=1 if sys.stderr.isatty() else 30, desc=os.path.basename(run_dir))
-    start = time.time()
-    while step < method.total_steps:
-        monitors = method._train_step(next(iterator))
-        if not math.isfinite(float(monitors['losses/total'].numpy())):
-            step, skips = _diverged(method, step, monitors, manager, skips)
-            continue
-        skips = 0
-        step += 1
-        bar.update(batch)
-        for name, value in monitors.items():
-            sums[name] = sums.get(name, 0.0) + value
-        count += 1
-        if step % log_every == 0 or step == method.total_steps:
-            means = {name: float(total.numpy()) / count for name, total in sums.items()}
-            means['monitors/img_per_sec'] = count * batch / (time.time() - start)
-            with writer.as_default(step=step * batch):
-                for name, value in means.items():
-                    tf.summary.scalar(name, value)
-            bar.set_postfix(loss=f'{means["losses/total"]:.3f}')
-            sums, count, start = {}, 0, time.time()
-        if step % save_every == 0 or step == method.total_steps:
-            manager.save(checkpoint_number=step)
-        if step % report_every == 0 or step == method.total_steps:
-            evaluation.report(method, run_dir, step, eval_sets, writer,
-                              embeddings=step == method.total_steps)
-    bar.close()
+    try:  # closed on errors too, so that an error line starts on a line of its own
+        start = time.time()
+        while step < method.total_steps:
+            monitors = method._train_step(next(iterator))
+            # Reduced over all replicas and workers: every worker takes the same branch.
+            if not math.isfinite(float(monitors['losses/total'].numpy())):
+                step, skips = _diverged(method, step, monitors, ckpts, skips)
+                continue
+            skips = 0
+            step += 1
+            bar.update(batch)
+            for name, value in monitors.items():
+                sums[name] = sums.get(name, 0.0) + value
+            count += 1
+            if step % log_every == 0 or step == method.total_steps:
+                means = {name: float(total.numpy()) / count for name, total in sums.items()}
+                means['monitors/img_per_sec'] = count * batch / (time.time() - start)
+                with writer.as_default(step=step * batch):
+                    for name, value in means.items():
+                        tf.summary.scalar(name, value)
+                bar.set_postfix(loss=f'{means["losses/total"]:.3f}')
+                sums, count, start = {}, 0, time.time()
+            if step % save_every == 0 or step == method.total_steps:
+                ckpts.save(step)
+            if chief and (step % report_every == 0 or step == method.total_steps):
+                evaluation.report(method, run_dir, step, eval_sets, writer,
+                                  embeddings=step == method.total_steps)
+    finally:
+        bar.close()
     writer.flush()
     return run_dir
 
 
-def _diverged(method, step, monitors, manager, skips):
+def _diverged(method, step, monitors, ckpts, skips):
     """A non-finite loss: stop (default) or rewind to the last checkpoint and go on."""
     terms = ', '.join(f'{k}={float(v.numpy()):.4g}' for k, v in sorted(monitors.items())
                       if k.startswith(('losses/', 'dc3/')))
     where = f'non-finite loss at step {step + 1} ({terms})'
+    latest = ckpts.latest
     if method.train_config.nan_policy == 'stop' or skips >= MAX_CONSECUTIVE_SKIPS:
-        kept = manager.latest_checkpoint or 'none saved yet'
-        raise DC3Error(f'{where}; stopped, last good checkpoint: {kept}; lower --lr, check '
-                       'the data, or pass --nan_policy skip')
+        raise DC3Error(f'{where}; stopped, last good checkpoint: {latest or "none saved yet"}; '
+                       'lower --lr, check the data, or pass --nan_policy skip')
     # Batch-norm statistics of the bad batch are already in the model: rewind everything.
-    if manager.latest_checkpoint:
-        method.checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    print(f'warning: {where}; skipped, resuming from step '
-          f'{int(method.optimizer.iterations.numpy())}', file=sys.stderr)
-    return int(method.optimizer.iterations.numpy()), skips + 1
+    if latest:
+        method.checkpoint.restore(latest).expect_partial()
+    step = int(method.optimizer.iterations.numpy())
+    distribute.agree(method.strategy, step, 'the step to rewind to',
+                     'the run folder must be on a file system that every worker sees')
+    print(f'warning: {where}; skipped, resuming from step {step}', file=sys.stderr)
+    return step, skips + 1
 
 
 def evaluate_checkpoint(method, checkpoint_path):
