@@ -9,6 +9,8 @@ work unchanged. A method script is::
     if __name__ == '__main__':
         cli.main(MeanTeacher)
 """
+import os
+
 from absl import app, flags, logging
 
 from libml import dc3, distribute, hparams, io_utils, methods, models, records, trainer
@@ -19,7 +21,8 @@ SHARED_CONFIGS = (trainer.TrainConfig, models.ModelConfig, dc3.DC3Config)
 DC3_FLAGS = tuple(f.name for f in hparams.flag_fields(dc3.DC3Config))
 
 flags.DEFINE_string('data_dir', None, 'Where generated datasets live (default $ML_DATA or ./data).')
-flags.DEFINE_string('eval_ckpt', '', 'Only evaluate this checkpoint (path without .index).')
+flags.DEFINE_string('eval_ckpt', '', 'Only evaluate this checkpoint (RUN/ckpt/ckpt-N, without '
+                    '.index); the run is rebuilt from RUN/args.json, other flags are ignored.')
 
 
 def define_config_flags(config_cls):
@@ -80,6 +83,19 @@ def build(method_cls, **params):
                          **params)
 
 
+def evaluate(checkpoint_path):
+    """``--eval_ckpt RUN/ckpt/ckpt-N``: the run is rebuilt from ``RUN/args.json`` (its
+    architecture, heads and hyperparameters), so no other flag is needed; ``--data_dir`` and
+    ``--eval_batch`` apply, every other flag is ignored."""
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_path)))
+    if not os.path.exists(os.path.join(run_dir, 'args.json')):
+        raise DC3Error(f'--eval_ckpt {checkpoint_path}: no args.json in {run_dir}; give a '
+                       'checkpoint inside its run folder, e.g. RUN/ckpt/ckpt-1000')
+    method, _ = methods.build_from_run(run_dir, FLAGS.data_dir or records.default_data_dir(),
+                                       eval_batch=FLAGS.eval_batch)
+    return method.evaluate_checkpoint(checkpoint_path)
+
+
 def run(method_cls, **params):
     """Trains, or evaluates ``--eval_ckpt``. A DC3Error (bad flag, missing dataset, diverged
     loss, ...) becomes one ``error:`` line on stderr and exit status 2."""
@@ -87,11 +103,12 @@ def run(method_cls, **params):
         logging.set_verbosity(logging.WARNING)  # TF's checkpoint INFO lines drown the progress bar
         if FLAGS.eval_ckpt and FLAGS.strategy == 'multiworker':
             raise DC3Error('--eval_ckpt runs in one process; drop --strategy multiworker')
+        if FLAGS.eval_ckpt:
+            print(evaluate(FLAGS.eval_ckpt))
+            return
         # Before any other op: a multi-worker strategy configures the runtime's collective ops.
         distribute.make_strategy(FLAGS.strategy)
-        method = build(method_cls, **params)
-        out = method.evaluate_checkpoint(FLAGS.eval_ckpt) if FLAGS.eval_ckpt else method.train()
-        print(out)
+        print(build(method_cls, **params).train())
     io_utils.run_cli(main)
 
 

@@ -6,6 +6,7 @@ classes each unlabeled image most likely is not (from its first view) and B lowe
 on them (on the second view); at odd steps the roles swap. Each sub-network also has a Mean-Teacher
 consistency to its own EMA, as in the paper's Mean-Teacher variant, and the labeled cross-entropy.
 """
+import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 import tensorflow as tf
 
 from libml import losses

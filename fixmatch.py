@@ -1,6 +1,7 @@
 """FixMatch (Sohn et al., 2020): confident weak-view predictions supervise the strong view."""
 import dataclasses
 
+import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 import tensorflow as tf
 
 from libml import losses

@@ -13,6 +13,7 @@ DC3 is not composed in (its flags are refused); ``--uratio`` is derived from
 """
 import dataclasses
 
+import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 import tensorflow as tf
 
 from libml import dc3, foc, run_files

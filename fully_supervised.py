@@ -6,6 +6,7 @@ original code's ``ce.py`` does: the second carries ``p_a``, L_A and the unlabele
 scaled by certainty (``--supervised_certainty``). On a dataset without unlabeled images DC3's
 terms use the labeled batch alone and L_A ranks it.
 """
+import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 import tensorflow as tf
 
 from libml.method import LossTerms, SSLMethod, Views

@@ -8,6 +8,7 @@ the teacher batch into the EMA network's moving statistics before the EMA update
 """
 import dataclasses
 
+import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 import tensorflow as tf
 
 from libml import losses

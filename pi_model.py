@@ -1,6 +1,7 @@
 """Pi-model (Laine & Aila, 2017): consistency between two augmentations of an unlabeled image."""
 import dataclasses
 
+import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 import tensorflow as tf
 
 from libml import losses

@@ -1,6 +1,7 @@
 """Pseudo-Label (Lee, 2013): confident predictions on unlabeled images become their targets."""
 import dataclasses
 
+import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 import tensorflow as tf
 
 from libml import losses

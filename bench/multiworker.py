@@ -4,7 +4,8 @@
 
 Trains the method with the real scripts, alternately: one process with ``--batch B`` and two
 worker processes (``scripts/launch_workers.py``) with ``--batch B/2`` each, both with
-``--sync_bn 1`` (so both compute the same step). Speed is the training loop's own
+``--sync_bn 1`` (so both compute the same step; ``--sync_bn 0`` leaves out the batch-norm
+all-reduces, and the two settings then differ in their batch-norm moments). Speed is the training loop's own
 ``monitors/img_per_sec`` (labeled images per second, a mean over every ``log_every`` steps) read
 from the chief's TensorBoard events; the first window, which includes tracing, is left out.
 
@@ -31,7 +32,7 @@ def run_training(args, workers, train_dir):
     """One training run; returns the labeled img/s of every logged window but the first."""
     per_worker = args.batch // workers
     command = [sys.executable, f'{args.method}.py', '--dataset', args.dataset, '--batch',
-               str(per_worker), '--filters', str(args.filters), '--sync_bn', '1',
+               str(per_worker), '--filters', str(args.filters), '--sync_bn', str(args.sync_bn),
                '--train_kimg', str(args.kimg), '--report_kimg', str(args.kimg), '--save_kimg',
                str(args.kimg), '--train_dir', train_dir, '--uratio', str(args.uratio)]
     if workers > 1:
@@ -103,6 +104,9 @@ def main():
     parser.add_argument('--dataset', default='synthetic.1@-1-10')
     parser.add_argument('--batch', type=int, default=64, help='Global labeled batch.')
     parser.add_argument('--uratio', type=int, default=1)
+    parser.add_argument('--sync_bn', type=int, default=1, choices=(0, 1),
+                        help='1: both settings compute the same step (default); 0: each worker '
+                             'normalises its own half, without the batch-norm all-reduces.')
     parser.add_argument('--filters', type=int, default=32)
     parser.add_argument('--kimg', type=float, default=3.0)
     parser.add_argument('--repeats', type=int, default=2)

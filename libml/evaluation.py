@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from libml import data, metrics, run_files
+from libml import data, metrics, run_files, summaries
 
 SPLITS = ('train', 'unlabeled', 'val', 'test')  # 'train' (the labeled images) first
 MODELS = ('ema', 'raw')
@@ -50,13 +50,15 @@ def split_results(method, eval_sets):
 
 
 def write_summaries(writer, images, results):
-    """Every numeric metric as a TensorBoard scalar ``<split>/<model>/<name>`` at ``images``."""
+    """Every numeric metric as a TensorBoard scalar ``<split>/<model>/<name>`` at ``images``, in
+    the console's units (percent for accuracy, F1, d, ...: ``summaries.PERCENT_METRICS``)."""
     with writer.as_default(step=images):
         for split, per_model in results.items():
             for which, values in per_model.items():
                 for name, value in values.items():
                     if value is not None and not isinstance(value, str):
-                        tf.summary.scalar(f'{split}/{which}/{name}', float(value))
+                        tf.summary.scalar(f'{split}/{which}/{name}',
+                                          summaries.in_console_units(name, float(value)))
     writer.flush()
 
 
@@ -71,6 +73,10 @@ def report(method, out_dir, step, eval_sets, writer=None, embeddings=False):
     result['splits'], predictions = split_results(method, eval_sets)
     if writer is not None:
         write_summaries(writer, images, result['splits'])
+        summaries.write_report_images(writer, images, method.dataset, predictions)
+        if embeddings and 'val' in predictions:
+            summaries.write_projector(os.path.join(out_dir, 'tb'), 'val', predictions['val'],
+                                      list(method.dataset.classes))
     report_dir = os.path.join(out_dir, run_files.REPORTS, run_files.report_name(images))
     run_files.write_report_folder(report_dir, predictions, {
         **result, 'classes': list(method.dataset.classes),

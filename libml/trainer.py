@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 import tqdm
 
-from libml import checkpoints, distribute, evaluation, hparams, run_files
+from libml import checkpoints, distribute, evaluation, hparams, run_files, summaries
 from libml.errors import DC3Error
 
 MAX_CONSECUTIVE_SKIPS = 10
@@ -222,6 +222,8 @@ def _train(method, run_dir, chief):
                      'the run folder must be on a file system that every worker sees')
     writer = (tf.summary.create_file_writer(os.path.join(run_dir, 'tb')) if chief
               else tf.summary.create_noop_writer())
+    if chief:
+        summaries.write_hparams(writer, method.hyperparameters(), os.path.basename(run_dir))
     batch = method.global_batch
     report_every = schedule_every(cfg.report_kimg, batch)
     save_every = schedule_every(cfg.save_kimg, batch)
@@ -268,6 +270,10 @@ def _train(method, run_dir, chief):
     finally:
         bar.close()
     writer.flush()
+    # A barrier: the other workers wait for the chief's final report, so that none of them
+    # exits while the chief still runs (its coordination service would report the exit as a
+    # crashed task).
+    distribute.agree(method.strategy, step, 'the final step', 'rerun every worker')
     return run_dir
 
 
@@ -295,7 +301,13 @@ def evaluate_checkpoint(method, checkpoint_path):
     if not tf.io.gfile.exists(checkpoint_path + '.index'):
         raise DC3Error(f'checkpoint {checkpoint_path} not found (give the path without '
                        '.index, e.g. RUN/ckpt/ckpt-1000)')
-    method.checkpoint.restore(checkpoint_path).expect_partial()
+    try:
+        # Every variable of the rebuilt method must come from the checkpoint.
+        method.checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise DC3Error(f'checkpoint {checkpoint_path} does not fit the network of its args.json '
+                       f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); was args.json '
+                       'edited or copied from another run?') from None
     step = int(method.optimizer.iterations.numpy())
     out_dir = os.path.join(os.path.dirname(os.path.dirname(checkpoint_path)), 'eval',
                            os.path.basename(checkpoint_path))

@@ -24,22 +24,19 @@ Usage (from the repository root):
 import collections
 import csv
 import dataclasses
-import io
 import os
 import posixpath
 import re
-import stat
-import sys
-import warnings
 
 
 import numpy as np
+import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 import tensorflow as tf
 from absl import app, flags, logging
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from libml import io_utils, records
+from libml.images import MAX_IMAGE_PIXELS, encode_image  # noqa: F401  (MAX_IMAGE_PIXELS: tests)
 from libml.errors import DC3Error
 
 LAYOUTS = ('auto', 'dc3', 'dcic')
@@ -57,9 +54,6 @@ _RNG_STREAMS = {'pool': 1, 'labels': 2, 'order': 3}
 # A label given to fewer than this share of the annotations (DCIC) or images (DC3 class folders)
 # is almost always a typo; below 1000 annotations no label can fall under it.
 RARE_LABEL_SHARE = 0.001
-# Images are resized to at most a few hundred pixels; a header claiming more than this is refused
-# before decoding (a small PNG can claim 12000 x 12000 pixels and take gigabytes to decode).
-MAX_IMAGE_PIXELS = 50_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -528,49 +522,6 @@ def scan_source(config):
 # ---------------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------------
-
-def _to_rgb(image):
-    """Any PIL mode -> 8-bit RGB; 16-bit/int/float greyscale is scaled instead of clipped."""
-    if image.mode.startswith('I;16') or image.mode in ('I', 'F'):
-        array = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith('I;16') or array.max() > 255:
-            array = array / 257.0
-        image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), 'L')
-    if image.mode == 'P' and 'transparency' in image.info:
-        image = image.convert('RGBA')    # palette transparency must go through RGBA first
-    # The alpha channel is dropped (not composited): transparent pixels keep their stored colour.
-    return image.convert('RGB')
-
-
-def _open_regular_file(path):
-    """Opens ``path`` for reading without blocking; refuses FIFOs, sockets and devices."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError('not a regular file (a FIFO, socket or device)')
-        return os.fdopen(fd, 'rb')
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def encode_image(path, image_size):
-    """Decodes one image file fully and returns a PNG of its RGB image resized bilinearly."""
-    with _open_regular_file(path) as f, warnings.catch_warnings():
-        # The pixel limit below replaces PIL's own decompression-bomb warning.
-        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-        with Image.open(f) as image:
-            width, height = image.size      # from the header; nothing is decoded yet
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ValueError(f'the header claims {width}x{height} pixels, more than the '
-                                 f'limit of {MAX_IMAGE_PIXELS:,}')
-            image.load()      # decode everything now, so truncated files fail here
-            image = _to_rgb(ImageOps.exif_transpose(image))
-    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format='PNG')
-    return buffer.getvalue()
-
 
 def encode_images(config, source):
     """PNG bytes for every image; unreadable ones are an error or, with skip_corrupt, dropped."""

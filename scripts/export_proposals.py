@@ -29,6 +29,7 @@ from absl import app, flags
 from PIL import Image, ImageDraw, ImageFont
 
 
+import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 from libml import io_utils, records, run_files
 from libml.run_files import find_report
 from libml.errors import DC3Error

@@ -48,7 +48,14 @@ def tf_configs(ports):
 
 
 def stop(processes):
-    """SIGTERM to every running process, SIGKILL to those still running after the grace time."""
+    """SIGTERM to every running process, SIGKILL to those still running after the grace time.
+
+    Workers of a multi-worker strategy catch SIGTERM (TensorFlow's preemption notifier) and go on,
+    so the SIGKILL is what usually stops them. A second signal to this script meanwhile is
+    ignored: leaving now would leave the workers running.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     for p in processes:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)

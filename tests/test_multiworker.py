@@ -183,19 +183,27 @@ def test_a_killed_worker_stops_the_other_and_both_resume(tiny_data_dir, tmp_path
 
 
 def test_launcher_stops_every_worker_when_one_fails(tmp_path):
-    """Worker 1 fails at once; the launcher stops worker 0 (which would sleep a minute) and
-    exits with worker 1's status. No TensorFlow: the workers are plain Python."""
-    worker = ('import json, os, sys, time; '
+    """Worker 1 fails at once; the launcher stops worker 0, which ignores SIGTERM as TensorFlow's
+    multi-worker processes do (its preemption notifier catches it), so only the SIGKILL after
+    the grace time ends it; the launcher exits with worker 1's status. Plain Python workers."""
+    pid_file = tmp_path / 'worker0.pid'
+    worker = ('import json, os, signal, sys, time; '
               'task = json.loads(os.environ["TF_CONFIG"])["task"]; '
-              'sys.exit(3) if task["index"] == 1 else time.sleep(60)')
+              'signal.signal(signal.SIGTERM, signal.SIG_IGN); '
+              f'open({str(pid_file)!r}, "w").write(str(os.getpid())) if task["index"] == 0 '
+              'else None; '
+              'sys.exit(3) if task["index"] == 1 else time.sleep(120)')
     start = time.time()
     result = subprocess.run(
         [sys.executable, 'scripts/launch_workers.py', '--workers', '2', '--logs',
          str(tmp_path), '--', sys.executable, '-c', worker],
-        cwd=ROOT, capture_output=True, text=True, timeout=60)
+        cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert result.returncode == 3
-    assert time.time() - start < 30
+    assert time.time() - start < launch_workers.GRACE_SECONDS + 20
     assert 'error: worker 1 exited with status 3' in result.stderr
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_tf_config_with_another_strategy_is_refused(tiny_data_dir, tmp_path):

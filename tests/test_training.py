@@ -87,6 +87,32 @@ def test_eval_ckpt_reproduces_the_final_report(tiny_data_dir, tmp_path):
         fresh.evaluate_checkpoint(os.path.join(run_dir, 'ckpt', 'ckpt-999'))
 
 
+def test_eval_ckpt_needs_only_the_checkpoint(tiny_data_dir, tmp_path):
+    """``--eval_ckpt`` rebuilds the run from its args.json: no architecture or DC3 flag is given
+    (the run used 4 filters, 2 stages, 1 block and DC3, none of them defaults), and the report
+    equals the run's own final one. A checkpoint that does not fit args.json is one error line."""
+    cls, hparams = METHODS['pseudo_label']
+    run_dir = make_method(cls, tiny_data_dir, tmp_path, dc3.DC3Config(), hparams).train()
+    final = read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))[-1]
+    ckpt = os.path.join(run_dir, 'ckpt', 'ckpt-4')
+    result = subprocess.run([sys.executable, 'pseudo_label.py', '--eval_ckpt', ckpt,
+                             '--data_dir', tiny_data_dir], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout.strip().splitlines()[-1]
+    again = read_jsonl(os.path.join(out, 'metrics.jsonl'))[-1]
+    assert again['step'] == final['step'] == 4
+    for key in ('accuracy', 'f1_certain', 'kl', 'ambiguous_share'):
+        assert again['splits']['val']['ema'][key] == pytest.approx(final['splits']['val']['ema'][key])
+
+    args_path = os.path.join(run_dir, 'args.json')
+    args = json.load(open(args_path))
+    json.dump({**args, 'filters': 8}, open(args_path, 'w'))  # as if copied from another run
+    method, _ = methods.build_from_run(run_dir, tiny_data_dir)
+    with pytest.raises(DC3Error, match='does not fit the network of its args.json'):
+        method.evaluate_checkpoint(ckpt)
+
+
 def wait_for_checkpoint(process, root, after_step=0, timeout=120):
     """Path of the ``checkpoint`` state file below ``root`` once it names a step > ``after_step``
     (None if the process ended or time ran out first)."""
