@@ -41,6 +41,7 @@ import sys
 import time
 
 import bench  # noqa: E402
+from bench import worker_protocol
 
 from libml import io_utils
 
@@ -239,21 +240,7 @@ def build_tf(args):
 def serve(args):
     """Builds one step, warms it up, then answers ``run N`` lines with N step times (JSON)."""
     step, images = (build_torch if args.worker == 'torch' else build_tf)(args)
-    for i in range(1 + args.warmup):
-        step(i)
-    print(json.dumps({'ready': True, 'images_per_step': images}), flush=True)
-    index = 0
-    for line in sys.stdin:
-        if not line.startswith('run'):
-            break
-        times, cpu = [], []
-        for _ in range(int(line.split()[1])):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            step(index)
-            times.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - cpu_start)
-            index += 1
-        print(json.dumps({'times': times, 'cpu': cpu}), flush=True)
+    worker_protocol.serve(step, {'images_per_step': images}, args.warmup)
 
 
 class Worker:

@@ -65,6 +65,8 @@ import subprocess
 import sys
 import time
 
+from bench import worker_protocol
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PYTHON = os.path.join(ROOT, 'bench', 'out', 'venv-usb', 'bin', 'python')
 NUM_CLASSES = 10
@@ -290,23 +292,9 @@ def build_usb(args):
 
 
 def serve(args):
-    """bench/torch_peer.py's worker protocol: warm up, print the ready line, answer ``run N``."""
+    """bench/torch_peer.py's worker protocol (bench/worker_protocol.py) for USB's step."""
     step, info = build_usb(args)
-    for i in range(1 + args.warmup):  # as torch_peer.serve, so both workers warm up alike
-        step(i)
-    print(json.dumps({'ready': True, **info}), flush=True)
-    index = 0
-    for line in sys.stdin:
-        if not line.startswith('run'):
-            break
-        times, cpu = [], []
-        for _ in range(int(line.split()[1])):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            step(index)
-            times.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - cpu_start)
-            index += 1
-        print(json.dumps({'times': times, 'cpu': cpu}), flush=True)
+    worker_protocol.serve(step, info, args.warmup)
 
 
 # ---------------------------------------------------------------------------------------------
