@@ -37,9 +37,10 @@ def write_hparams(writer, args, trial_id):
     writer.flush()
 
 
-def confusion_image(labels, predicted, num_classes, class_names=()):
+def confusion_image(labels, predicted, num_classes):
     """Row-normalised confusion matrix (true class down, predicted across) as an RGB image; each
-    cell white (0) to dark blue (1), with its count when the cells are large enough."""
+    cell white (0) to dark blue (1), with its count when the cells are large enough. Rows and
+    columns follow the dataset's class order (meta.json)."""
     counts = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(counts, (np.asarray(labels), np.asarray(predicted)), 1)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -52,7 +53,6 @@ def confusion_image(labels, predicted, num_classes, class_names=()):
         for (i, j), n in np.ndenumerate(counts):
             draw.text((j * cell + 2, i * cell + cell // 3), str(n),
                       fill=(255, 255, 255) if share[i, j] > 0.5 else (0, 0, 0))
-    del class_names  # rows and columns follow the dataset's class order (meta.json)
     return np.asarray(image)
 
 
