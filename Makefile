@@ -7,6 +7,9 @@ export PYTHON ?= python3
 export ML_DATA ?= data
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 DEMO_DIR ?= experiments/demo
+# Test processes (pytest-xdist); each file runs whole in one of them (--dist loadfile). Keep it at
+# the machine's core count: every worker imports TensorFlow and trains small networks.
+TEST_WORKERS ?= 2
 # A short run that fits a laptop CPU in a few minutes; real runs use the paper's command lines.
 DEMO_FLAGS ?= --filters 16 --repeat 2 --batch 32 --train_kimg 12 --report_kimg 4 --save_kimg 4 \
 	--bn_momentum 0.99 --lr 0.03
@@ -35,7 +38,7 @@ demo: data
 	$(PYTHON) scripts/report.py $(DEMO_DIR) --split val --out $(DEMO_DIR)/tables
 
 test: install-dev
-	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+	$(PYTHON) -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
