@@ -16,10 +16,11 @@ import dataclasses
 import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
 import tensorflow as tf
 
-from libml import dc3, foc, run_files
+from libml import dc3, foc, prediction_csv
 from libml.dc3 import OVERCLUSTER_HEAD
 from libml.errors import DC3Error
-from libml.method import LossTerms, SSLMethod, make_params
+from libml.hparams import make_params
+from libml.method import LossTerms, SSLMethod
 from libml.models import CLASS_HEAD
 
 
@@ -110,9 +111,9 @@ class FOC(SSLMethod):
         normal head's ``accuracy`` and ``macro_f1`` come from the base report)."""
         if labeled_pred is None or 'cluster_probs' not in pred:
             return foc.overcluster_metrics([], [], [])
-        mapping = foc.majority_mapping(run_files.cluster_ids(labeled_pred), labeled_pred['label'],
+        mapping = foc.majority_mapping(prediction_csv.cluster_ids(labeled_pred), labeled_pred['label'],
                                        self.heads()[OVERCLUSTER_HEAD])
-        return foc.overcluster_metrics(run_files.cluster_ids(pred), pred['label'], mapping)
+        return foc.overcluster_metrics(prediction_csv.cluster_ids(pred), pred['label'], mapping)
 
 
 

@@ -12,7 +12,6 @@ labeled + unlabeled x views (Mean Teacher's extra teacher forward pass is not co
     python -m bench.step_speed                       # default matrix, ~15 min on 2 cores
     python -m bench.step_speed --quick               # Mean Teacher and FixMatch only, 3 steps
     python -m bench.step_speed --breakdown           # forward / backward / optimizer / EMA split
-    python -m bench.step_speed --ab keras_bn         # experiment: Keras' batch norm instead
     python -m bench.step_speed --ab fused_act        # the fused BN + leaky ReLU op against TF's
     python -m bench.step_speed --fused_bn_act off    # every step with TensorFlow's kernels
     python -m bench.step_speed --profile --methods fixmatch --uratio 7   # time per op type
@@ -32,7 +31,7 @@ from libml.errors import DC3Error
 ALL_ROWS = [('fully_supervised', 1), ('pi_model', 1), ('mean_teacher', 1), ('pseudo_label', 1),
             ('fixmatch', 1), ('fixmatch', 7)]
 PRECISIONS = {'fp32': 0, 'bf16': 1}
-EXPERIMENTS = ('xla', 'keras_bn', 'fused_act')  # --ab
+EXPERIMENTS = ('fused_act',)  # --ab (the xla and keras_bn experiments: BENCHMARKS.md section 5)
 
 
 def parse_args(argv=None):
@@ -52,10 +51,8 @@ def parse_args(argv=None):
                    help='extra FixMatch row at this uratio (0: none)')
     p.add_argument('--ab', choices=sorted(EXPERIMENTS),
                    help='instead of the matrix: the first method (vanilla) against a modified copy '
-                        'of it, alternately: xla = the step compiled with jit_compile=True; '
-                        'keras_bn = keras.layers.BatchNormalization instead of the project\'s '
-                        'fused batch norm (what the fused kernel gains); fused_act = '
-                        '--fused_bn_act on against off (libml/fused_ops.py, needs g++)')
+                        'of it, alternately: fused_act = --fused_bn_act on against off '
+                        '(libml/fused_ops.py, needs g++)')
     p.add_argument('--fused_bn_act', default='auto', choices=['auto', 'on', 'off'],
                    help='as the training scripts\' flag; --ab fused_act sets it itself')
     p.add_argument('--intra_threads', type=int, default=0,
@@ -200,41 +197,15 @@ def run_matrix(args, tmp, info):
     return {'rows': results, 'dc3_ratios': ratios}
 
 
-def build_experiment(args, kind, precision, tmp, info):
-    """The modified method of --ab (built with the same seed as the baseline)."""
-    import tensorflow as tf
-
-    from libml import models
-    if kind == 'xla':
-        method = build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info,
-                       fused_bn_act='off')
-        method._train_step = tf.function(method.train_step, jit_compile=True)
-        return method
-    if kind == 'fused_act':
-        return build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info,
-                     fused_bn_act='on')
-    import keras
-    name, replacement = 'FusedBatchNormalization', keras.layers.BatchNormalization
-    original = getattr(models, name)
-    # Only while this one method is built: libml.models looks the name up at build time.
-    setattr(models, name, replacement)
-    try:
-        return build(args, args.methods.split(',')[0], args.uratio, False, precision, tmp, info,
-                     fused_bn_act='off')
-    finally:
-        setattr(models, name, original)
-
-
 def run_ab(args, tmp, info):
     """Baseline step against a modified step, alternately, per precision."""
     name, out = args.methods.split(',')[0], []
     for precision in args.precisions.split(','):
-        # The baseline uses TensorFlow's kernels (--fused_bn_act off): XLA cannot compile the
-        # custom op, Keras' batch norm replaces the layer that would run it, and fused_act is
-        # the op against those kernels.
+        # TensorFlow's kernels (--fused_bn_act off) against the fused op (on).
         methods = {'baseline': build(args, name, args.uratio, False, precision, tmp, info,
                                      fused_bn_act='off'),
-                   args.ab: build_experiment(args, args.ab, precision, tmp, info)}
+                   args.ab: build(args, name, args.uratio, False, precision, tmp, info,
+                                  fused_bn_act='on')}
         batches = prefetch(methods['baseline'], info)
         for method in methods.values():
             for i in range(1 + args.warmup):

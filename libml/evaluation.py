@@ -1,5 +1,6 @@
 """Evaluation: predict every split with the raw and the EMA weights, compute the metrics, write
-the report (``libml.run_files``), the TensorBoard scalars and one console line."""
+the report (``libml.run_files``), the TensorBoard scalars and one console line; after a resume,
+the reports a crash left out (``complete_reports``)."""
 import os
 import sys
 
@@ -7,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from libml import data, metrics, run_files, summaries
+from libml import data, metrics, prediction_csv, run_files, summaries
 
 SPLITS = ('train', 'unlabeled', 'val', 'test')  # 'train' (the labeled images) first
 MODELS = ('ema', 'raw')
@@ -42,7 +43,7 @@ def split_results(method, eval_sets):
                 labeled[which] = pred
             results[split][which] = {
                 **metrics.split_metrics(pred['label'], pred['soft_label'], pred['probs'],
-                                        run_files.cluster_ids(pred), pred.get('ambiguity')),
+                                        prediction_csv.cluster_ids(pred), pred.get('ambiguity')),
                 **method.method_metrics(split, pred, labeled.get(which))}
             if which == 'ema':
                 predictions[split] = pred
@@ -87,3 +88,39 @@ def report(method, out_dir, step, eval_sets, writer=None, embeddings=False):
     tqdm.tqdm.write(f'kimg {images / 1024:.1f}: ' + ' '.join(
         f'{k}={_fmt(val.get(k))}' for k in CONSOLE_METRICS), file=sys.stderr)
     return result
+
+
+def report_steps(step, report_every, total_steps):
+    """The steps up to ``step`` at which the loop writes a report."""
+    steps = set(range(report_every, step + 1, report_every))
+    if step >= total_steps:
+        steps.add(total_steps)
+    return sorted(steps)
+
+
+def complete_reports(method, run_dir, manager, step, report_every, eval_sets, writer):
+    """After a resume: writes the reports a crash left out (killed between a checkpoint and its
+    report), from the checkpoints of their steps; the run's newest weights are restored after."""
+    done_folders = {images for images, _ in run_files.report_folders(run_dir)}
+    done_lines = {int(entry.get('images', -1)) for entry in run_files.read_metrics(run_dir)}
+    complete = done_folders & done_lines
+    # Reports are written in order, so a crash loses only those after the last complete one.
+    last_complete = max(complete, default=0) // method.global_batch
+    latest = manager.latest_checkpoint
+    for report_step in report_steps(step, report_every, method.total_steps):
+        images = report_step * method.global_batch
+        if report_step <= last_complete or images in complete:
+            continue
+        path = os.path.join(os.path.dirname(latest), f'ckpt-{report_step}') if latest else None
+        if report_step != step and not (path and tf.io.gfile.exists(path + '.index')):
+            print(f'warning: the report at step {report_step} is missing and its checkpoint is '
+                  'gone; it cannot be rewritten', file=sys.stderr)
+            continue
+        print(f'note: writing the report of step {report_step}, which an interrupted run left '
+              'out', file=sys.stderr)
+        if report_step != step:
+            method.checkpoint.restore(path).expect_partial()
+        report(method, run_dir, report_step, eval_sets, writer,
+               embeddings=report_step == method.total_steps)
+        if report_step != step:
+            method.checkpoint.restore(latest).expect_partial()

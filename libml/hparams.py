@@ -2,6 +2,7 @@
 the help text of the command-line flag that ``cli.py`` generates from it (one source of defaults).
 """
 import dataclasses
+import math
 
 from libml.errors import DC3Error
 
@@ -39,3 +40,24 @@ def check_choices(config):
         if choices and getattr(config, f.name) not in choices:
             raise DC3Error(f'--{f.name} must be one of {", ".join(map(str, choices))}, got '
                            f'{getattr(config, f.name)!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """The ``Params`` of a method without hyperparameters of its own."""
+
+
+def make_params(params_cls, values):
+    """``params_cls(**values)``, with an unknown or missing name as one clear error."""
+    names = {f.name for f in dataclasses.fields(params_cls) if f.init}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise DC3Error(f'{params_cls.__name__} has no hyperparameter {", ".join(unknown)} '
+                       f'(it has: {", ".join(sorted(names)) or "none"})')
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DC3Error(f'--{name} must be a finite number, got {value}')
+    try:
+        return params_cls(**values)
+    except TypeError as e:
+        raise DC3Error(f'{params_cls.__name__}: {e}') from None

@@ -1,34 +1,23 @@
 """The SSL method: its network, hyperparameters, hooks, loss and training step.
 
 A method subclasses ``SSLMethod``, sets ``unlabeled_views``, declares its hyperparameters as a
-frozen dataclass ``Params`` (fields made with ``hparam``: the command-line flags are generated
-from them, see ``cli.py``) and implements ``method_losses``. DC3 composes with any method through
-``libml.dc3.with_dc3``, which overrides ``heads``, ``combine_losses`` and the run's name; the base
-knows nothing of DC3. The training loop is ``libml.trainer``, evaluation ``libml.evaluation``, the
+frozen dataclass ``Params`` (fields made with ``libml.hparams.field``: the command-line flags are
+generated from them, see ``cli.py``) and implements ``method_losses``. DC3 composes with any
+method through ``libml.dc3.with_dc3``, which overrides ``heads``, ``combine_losses`` and the run's
+name; the base knows nothing of DC3. The training loop is ``libml.trainer``, evaluation ``libml.evaluation``, the
 run folder's files ``libml.run_files``. Call ``libml.trainer.configure_process`` (precision policy,
 determinism, seeds) before building a method.
 """
 import dataclasses
 import math
-import os
-import sys
 
 import keras
 import tensorflow as tf
 
 from libml import data, distribute, fused_ops, losses, models, records, run_files, trainer
 from libml.errors import DC3Error
+from libml.hparams import NoParams, make_params
 from libml.models import CLASS_HEAD
-
-
-def hparam(default, help_text):
-    """A field of a method's ``Params``: its default and the help text of its flag."""
-    return dataclasses.field(default=default, metadata={'help': help_text})
-
-
-@dataclasses.dataclass(frozen=True)
-class NoParams:
-    """A method without hyperparameters of its own."""
 
 
 @dataclasses.dataclass
@@ -312,16 +301,8 @@ class SSLMethod:
 
     def resolve_run_dir(self):
         """``run_dir()``, or the folder an older version of this code named for the same run
-        where only that exists (``run_files.legacy_run_dir``)."""
-        path = self.run_dir()
-        if not os.path.exists(path):
-            legacy = run_files.legacy_run_dir(os.path.dirname(path), self.method_name,
-                                              self.hyperparameters())
-            if legacy:
-                print(f'note: continuing in {legacy}, the folder an earlier version of this code '
-                      'named for the same run', file=sys.stderr)
-                return legacy
-        return path
+        where only that exists (``run_files.resolve_run_dir``)."""
+        return run_files.resolve_run_dir(self.run_dir(), self.method_name, self.hyperparameters())
 
     def train(self):
         """Trains to ``train_kimg``, resuming from the run folder's latest checkpoint if any."""
@@ -330,19 +311,3 @@ class SSLMethod:
     def evaluate_checkpoint(self, checkpoint_path):
         """``--eval_ckpt``: loads one checkpoint and writes its report next to the run folder."""
         return trainer.evaluate_checkpoint(self, checkpoint_path)
-
-
-def make_params(params_cls, values):
-    """``params_cls(**values)``, with an unknown or missing name as one clear error."""
-    names = {f.name for f in dataclasses.fields(params_cls) if f.init}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise DC3Error(f'{params_cls.__name__} has no hyperparameter {", ".join(unknown)} '
-                       f'(it has: {", ".join(sorted(names)) or "none"})')
-    for name, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise DC3Error(f'--{name} must be a finite number, got {value}')
-    try:
-        return params_cls(**values)
-    except TypeError as e:
-        raise DC3Error(f'{params_cls.__name__}: {e}') from None

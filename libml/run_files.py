@@ -5,7 +5,7 @@
         metrics.jsonl              one JSON line per report (``append_metrics``/``read_metrics``)
         ckpt/, tb/                 checkpoints, TensorBoard events
         reports/img<10 digits>/    one folder per report, named by the images seen:
-            <split>.csv            predictions per image (``write_predictions``/``read_predictions``)
+            <split>.csv            predictions per image (``libml.prediction_csv``)
             <split>_embeddings.npy embeddings (final report)
             metrics.json           the report's metrics, classes and head sizes
 
@@ -20,11 +20,9 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 
-from libml import io_utils
+from libml import io_utils, prediction_csv
 from libml.errors import DC3Error
-from libml.metrics import AMBIGUITY_THRESHOLD, split_metrics
 from libml.run_args import OPERATIONAL_KEYS
 
 ARGS_FILE = 'args.json'
@@ -122,6 +120,19 @@ def legacy_run_dir(parent, method_name, args):
     return None
 
 
+
+def resolve_run_dir(path, method_name, args):
+    """``path``, or the folder an older version of this code named for the same run (DC3 off)
+    where only that exists (``legacy_run_dir``)."""
+    if os.path.exists(path):
+        return path
+    legacy = legacy_run_dir(os.path.dirname(path), method_name, args)
+    if not legacy:
+        return path
+    print(f'note: continuing in {legacy}, the folder an earlier version of this code named for '
+          'the same run', file=sys.stderr)
+    return legacy
+
 def _read_lock(path):
     try:
         with open(path, encoding='utf-8') as f:
@@ -216,12 +227,12 @@ def find_report(run_dir_, report='latest'):
                    f'{", ".join(os.path.basename(p) for _, p in available)}')
 
 
-def write_report_folder(report_dir, predictions, report_metrics, embeddings=False):
+def write_report_folder(report_dir, split_predictions, report_metrics, embeddings=False):
     """The report folder in one atomic step: a CSV (and embeddings) per split, metrics.json."""
     with io_utils.atomic_path(report_dir) as tmp:
         os.makedirs(tmp)
-        for split, pred in predictions.items():
-            write_predictions(os.path.join(tmp, f'{split}.csv'), split, pred)
+        for split, pred in split_predictions.items():
+            prediction_csv.write_predictions(os.path.join(tmp, f'{split}.csv'), split, pred)
             if embeddings:
                 np.save(os.path.join(tmp, f'{split}_embeddings.npy'),
                         pred['embedding'].astype(np.float32))
@@ -288,75 +299,3 @@ def read_metrics(run_dir_):
             print(f'warning: {path} line {number} is incomplete (a crash while writing?); '
                   'skipped', file=sys.stderr)
     return entries
-
-
-# ---------------------------------------------------------------------------------------------
-# Prediction CSVs
-# ---------------------------------------------------------------------------------------------
-
-def cluster_ids(pred):
-    """argmax p_o where the network has an overclustering head, else argmax p_n."""
-    return np.argmax(pred.get('cluster_probs', pred['probs']), axis=1)
-
-
-def write_predictions(path, split, pred):
-    """One CSV row per image: record fields, soft label, p_n, cluster, p_a, final output and p_o.
-
-    Columns: ``path, split, index, label, soft_0..k-1, prob_0..k-1, cluster, cluster_prob,
-    ambiguity`` (empty without an ambiguity head), ``output_kind`` (class | cluster), ``output``
-    and, with an overclustering head, ``cluster_prob_0..k'-1``.
-    """
-    probs = pred['probs']
-    clusters = pred.get('cluster_probs', probs)
-    ambiguity = pred.get('ambiguity')
-    k = probs.shape[1]
-    is_cluster = ((ambiguity >= AMBIGUITY_THRESHOLD) if ambiguity is not None
-                  else np.zeros(len(probs), bool))
-    frame = {'path': [p.decode('utf-8') if isinstance(p, bytes) else p for p in pred['path']],
-             'split': split, 'index': pred['index'], 'label': pred['label']}
-    frame.update({f'soft_{c}': pred['soft_label'][:, c] for c in range(k)})
-    frame.update({f'prob_{c}': probs[:, c] for c in range(k)})
-    frame['cluster'] = np.argmax(clusters, axis=1)
-    frame['cluster_prob'] = np.max(clusters, axis=1)
-    frame['ambiguity'] = ambiguity if ambiguity is not None else np.nan
-    frame['output_kind'] = np.where(is_cluster, 'cluster', 'class')
-    frame['output'] = np.where(is_cluster, frame['cluster'], np.argmax(probs, axis=1))
-    if 'cluster_probs' in pred:
-        # The full p_o (k' values), appended after the existing columns: the DCIC export needs
-        # every cluster confidence, not only the argmax above.
-        frame.update({f'cluster_prob_{j}': clusters[:, j] for j in range(clusters.shape[1])})
-    with io_utils.atomic_path(path) as tmp:
-        pd.DataFrame(frame).to_csv(tmp, index=False, float_format='%.6g')
-
-
-def read_predictions(csv_path):
-    """Reads a prediction CSV into arrays; ``ambiguity`` is None when its column is empty."""
-    try:
-        frame = pd.read_csv(csv_path)
-    except FileNotFoundError:
-        raise DC3Error(f'prediction file not found: {csv_path}') from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DC3Error(f'prediction file {csv_path} is damaged ({e}); rerun the report') from None
-    num_classes = sum(c.startswith('soft_') for c in frame.columns)
-    needed = ['path', 'label', 'cluster', 'ambiguity'] + [
-        f'{p}_{i}' for p in ('soft', 'prob') for i in range(num_classes)]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing or not num_classes:
-        raise DC3Error(f'prediction file {csv_path} lacks columns {", ".join(missing) or "soft_*"}'
-                       '; rerun the report')
-    ambiguity = frame['ambiguity'].to_numpy(dtype=np.float64)
-    return {
-        'frame': frame,
-        'labels': frame['label'].to_numpy(dtype=np.int64),
-        'soft_labels': frame[[f'soft_{i}' for i in range(num_classes)]].to_numpy(np.float64),
-        'class_probs': frame[[f'prob_{i}' for i in range(num_classes)]].to_numpy(np.float64),
-        'cluster_ids': frame['cluster'].to_numpy(dtype=np.int64),
-        'ambiguity': None if np.isnan(ambiguity).all() else ambiguity,
-    }
-
-
-def metrics_from_csv(csv_path):
-    """``split_metrics`` recomputed from a prediction CSV (vanilla: ``ambiguity`` all empty)."""
-    p = read_predictions(csv_path)
-    return split_metrics(p['labels'], p['soft_labels'], p['class_probs'], p['cluster_ids'],
-                         p['ambiguity'])

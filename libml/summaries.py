@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from libml import data, run_files
+from libml import data, prediction_csv
 from libml.run_args import OPERATIONAL_KEYS
 
 # Metrics the console prints in percent; TensorBoard shows them in the same unit.
@@ -58,8 +58,8 @@ def confusion_image(labels, predicted, num_classes):
 
 def gallery_rows(pred):
     """``[(cluster, [record indices])]``: the largest clusters and their most confident
-    members (the clusters the report CSV names, ``run_files.cluster_ids``)."""
-    clusters = run_files.cluster_ids(pred)
+    members (the clusters the report CSV names, ``prediction_csv.cluster_ids``)."""
+    clusters = prediction_csv.cluster_ids(pred)
     confidence = np.max(pred.get('cluster_probs', pred['probs']), axis=1)
     ids, sizes = np.unique(clusters, return_counts=True)
     rows = []
@@ -123,7 +123,7 @@ def write_projector(log_dir, split, pred, class_names):
     metadata_file = os.path.join(folder, f'{split}_metadata.tsv')
     np.savetxt(tensor_file + '.tmp', pred['embedding'], delimiter='\t', fmt='%.5g')
     os.replace(tensor_file + '.tmp', tensor_file)
-    clusters = run_files.cluster_ids(pred)
+    clusters = prediction_csv.cluster_ids(pred)
     ambiguity = pred.get('ambiguity')
     lines = ['path\tclass\tpredicted\tcluster\tp_a\tsoft_label']
     for i in range(len(clusters)):

@@ -135,47 +135,11 @@ def schedule_every(kimg, global_batch):
     return max(1, round(kimg * 1024 / global_batch))
 
 
-def report_steps(step, report_every, total_steps):
-    """The steps up to ``step`` at which the loop writes a report."""
-    steps = set(range(report_every, step + 1, report_every))
-    if step >= total_steps:
-        steps.add(total_steps)
-    return sorted(steps)
-
-
-def complete_reports(method, run_dir, manager, step, report_every, eval_sets, writer):
-    """After a resume: writes the reports a crash left out (killed between a checkpoint and its
-    report), from the checkpoints of their steps; the run's newest weights are restored after."""
-    done_folders = {images for images, _ in run_files.report_folders(run_dir)}
-    done_lines = {int(entry.get('images', -1)) for entry in run_files.read_metrics(run_dir)}
-    complete = done_folders & done_lines
-    # Reports are written in order, so a crash loses only those after the last complete one.
-    last_complete = max(complete, default=0) // method.global_batch
-    latest = manager.latest_checkpoint
-    for report_step in report_steps(step, report_every, method.total_steps):
-        images = report_step * method.global_batch
-        if report_step <= last_complete or images in complete:
-            continue
-        path = os.path.join(os.path.dirname(latest), f'ckpt-{report_step}') if latest else None
-        if report_step != step and not (path and tf.io.gfile.exists(path + '.index')):
-            print(f'warning: the report at step {report_step} is missing and its checkpoint is '
-                  'gone; it cannot be rewritten', file=sys.stderr)
-            continue
-        print(f'note: writing the report of step {report_step}, which an interrupted run left '
-              'out', file=sys.stderr)
-        if report_step != step:
-            method.checkpoint.restore(path).expect_partial()
-        evaluation.report(method, run_dir, report_step, eval_sets, writer,
-                          embeddings=report_step == method.total_steps)
-        if report_step != step:
-            method.checkpoint.restore(latest).expect_partial()
-
-
 def train(method):
     """Trains ``method`` to ``train_kimg``, resuming from the run folder's latest checkpoint.
 
     The run folder is locked for the duration (``run_files.run_lock``). After a resume, reports
-    that a crash left out are written first (``complete_reports``). In a multi-worker cluster
+    that a crash left out are written first (``evaluation.complete_reports``). In a multi-worker cluster
     only the chief locks the folder and writes args.json, reports, metrics.jsonl and TensorBoard;
     the other workers train and save (``libml.checkpoints``) without writing to the folder.
     """
@@ -230,13 +194,15 @@ def _train(method, run_dir, chief):
     log_every = max(1, min(report_every, round(1024 / batch)))
     eval_sets = evaluation.eval_datasets(method) if chief else None
     if restored and chief:
-        complete_reports(method, run_dir, ckpts.manager, step, report_every, eval_sets, writer)
+        evaluation.complete_reports(method, run_dir, ckpts.manager, step, report_every,
+                                    eval_sets, writer)
 
     # After a resume the data order is re-seeded from the step: restoring tf.data's shuffle
     # buffer would write a copy of the dataset into every checkpoint.
     keras.utils.set_random_seed(cfg.seed + step)
     iterator = method.train_batches(cfg.seed + step)
     sums, count, skips = {}, 0, 0
+    window = []  # the monitors (device tensors) of the steps since the loss was last checked
     bar = tqdm.tqdm(total=method.total_steps * batch, initial=step * batch, unit='img',
                     unit_scale=True, dynamic_ncols=True, file=sys.stderr, disable=not chief,
                     mininterval=1 if sys.stderr.isatty() else 30, desc=os.path.basename(run_dir))
@@ -244,17 +210,30 @@ def _train(method, run_dir, chief):
         start = time.time()
         while step < method.total_steps:
             monitors = method._train_step(next(iterator))
-            # Reduced over all replicas and workers: every worker takes the same branch.
-            if not math.isfinite(float(monitors['losses/total'].numpy())):
-                step, skips = _diverged(method, step, monitors, ckpts, skips)
-                continue
-            skips = 0
+            window.append(monitors)
             step += 1
             bar.update(batch)
             for name, value in monitors.items():
                 sums[name] = sums.get(name, 0.0) + value
             count += 1
-            if step % log_every == 0 or step == method.total_steps:
+            end = step == method.total_steps
+            log, save = step % log_every == 0 or end, step % save_every == 0 or end
+            report = step % report_every == 0 or end
+            if not (log or save or report):
+                continue
+            # The loss is read back from the device here, before anything is written, and not
+            # after every step: the host queues the next steps while the device computes. The
+            # schedule is the same on every worker, and the monitors are reduced over all
+            # replicas and workers, so every worker takes the same branch.
+            bad, window = _first_non_finite(window, step), []
+            if bad:
+                step, skips = _diverged(method, *bad, ckpts, skips)
+                bar.n = step * batch
+                bar.refresh()
+                sums, count, start = {}, 0, time.time()
+                continue
+            skips = 0
+            if log:
                 means = {name: float(total.numpy()) / count for name, total in sums.items()}
                 means['monitors/img_per_sec'] = count * batch / (time.time() - start)
                 with writer.as_default(step=step * batch):
@@ -262,11 +241,10 @@ def _train(method, run_dir, chief):
                         tf.summary.scalar(name, value)
                 bar.set_postfix(loss=f'{means["losses/total"]:.3f}')
                 sums, count, start = {}, 0, time.time()
-            if step % save_every == 0 or step == method.total_steps:
+            if save:
                 ckpts.save(step)
-            if chief and (step % report_every == 0 or step == method.total_steps):
-                evaluation.report(method, run_dir, step, eval_sets, writer,
-                                  embeddings=step == method.total_steps)
+            if report and chief:
+                evaluation.report(method, run_dir, step, eval_sets, writer, embeddings=end)
     finally:
         bar.close()
     writer.flush()
@@ -275,6 +253,16 @@ def _train(method, run_dir, chief):
     # crashed task).
     distribute.agree(method.strategy, step, 'the final step', 'rerun every worker')
     return run_dir
+
+
+def _first_non_finite(window, step):
+    """``(steps before it, its monitors)`` of the first step of ``window`` (the monitors of the
+    steps up to ``step``) whose loss is not finite, or None: one read-back for the window."""
+    finite = tf.math.is_finite(tf.stack([m['losses/total'] for m in window])).numpy()
+    if finite.all():
+        return None
+    first = int(finite.argmin())
+    return step - len(window) + first, window[first]
 
 
 def _diverged(method, step, monitors, ckpts, skips):

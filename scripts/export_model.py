@@ -33,7 +33,7 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from libml import augment, io_utils, methods, records, run_files
+from libml import augment, io_utils, methods, metrics, records, run_files
 from libml.errors import DC3Error
 
 FLAGS = flags.FLAGS
@@ -65,7 +65,7 @@ def serving_function(method):
         probs = tf.cast(out['probs'], tf.float32)
         cluster_probs = tf.cast(out.get('cluster_probs', probs), tf.float32)
         ambiguity = tf.cast(out.get('ambiguity', tf.zeros_like(probs[:, 0])), tf.float32)
-        is_ambiguous = ambiguity >= run_files.AMBIGUITY_THRESHOLD
+        is_ambiguous = ambiguity >= metrics.AMBIGUITY_THRESHOLD
         label = tf.argmax(probs, axis=1, output_type=tf.int32)
         cluster = tf.argmax(cluster_probs, axis=1, output_type=tf.int32)
         return {'class': label, 'class_probs': probs, 'cluster': cluster,
@@ -100,7 +100,7 @@ def export(run_dir, out_dir, data_dir, step=None):
         'classes': list(method.dataset.classes), 'image_size': method.dataset.image_size,
         'num_clusters': method.num_clusters, 'has_ambiguity_head': method.has_ambiguity_head,
         'has_cluster_head': method.num_clusters != method.num_classes,
-        'ambiguity_threshold': run_files.AMBIGUITY_THRESHOLD, 'method': args['method'],
+        'ambiguity_threshold': metrics.AMBIGUITY_THRESHOLD, 'method': args['method'],
         'run_dir': os.path.abspath(run_dir), 'checkpoint': os.path.basename(path),
         'step': int(method.optimizer.iterations.numpy()), 'weights': 'ema'}
     parent = os.path.dirname(os.path.abspath(out_dir))

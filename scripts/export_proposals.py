@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 import libml.tf_startup  # noqa: F401  (first: hides TensorFlow's C++ start-up lines)
-from libml import io_utils, records, run_files
+from libml import io_utils, prediction_csv, records, run_files
 from libml.run_files import find_report
 from libml.errors import DC3Error
 
@@ -168,7 +168,7 @@ def write_dcic_export(out, run_dir, args, meta, classes, report_dir, name=None,
     for split in EXPORT_SPLITS:
         path = os.path.join(report_dir, f'{split}.csv')
         if os.path.exists(path):
-            frames[split] = run_files.read_predictions(path)['frame']
+            frames[split] = prediction_csv.read_predictions(path)['frame']
     has_clusters = any(cluster_prob_columns(f) for f in frames.values())
     # DCIC tells a DC3 (S2C2) run from a vanilla one by this key of the file name.
     is_dc3 = int(args.get('combined_output', 0)) == 4 or float(args.get('wou', 0)) > 0 or \
@@ -315,7 +315,7 @@ def export(run_dir, out, split='val', report='latest', name=None, data_dir='data
     run_files.check_same_data(run_dir, args.get('dataset_fingerprint'),
                               records.dataset_fingerprint(info.directory, meta))
 
-    predictions = run_files.read_predictions(csv_path)
+    predictions = prediction_csv.read_predictions(csv_path)
     frame = predictions['frame']
     dcic_path = write_dcic_export(out, run_dir, args, meta, classes, report_dir, name,
                                   dcic_dataset)

@@ -5,7 +5,7 @@
 
 Every image below FOLDER (png, jpg, bmp, gif, tif, webp, ppm; sub-folders included) is read as
 the importer reads images (EXIF orientation, RGB, bilinear resize to the model's size) and run in
-batches. The CSV has the columns of the reports' prediction CSVs (``libml.run_files``), with
+batches. The CSV has the columns of the reports' prediction CSVs (``libml.prediction_csv``), with
 ``split`` = ``predict``, ``label`` = -1 and empty soft labels (new images have none); ``output_kind``
 says whether ``output`` is a class or a cluster. An image that cannot be read is listed on stderr
 and left out; the run ends with the count of both. The CSV is written whole or not at all.
@@ -20,7 +20,7 @@ import tqdm
 from absl import app, flags, logging
 
 from libml import images as image_files
-from libml import io_utils, run_files
+from libml import io_utils, prediction_csv
 from libml.errors import DC3Error
 
 FLAGS = flags.FLAGS
@@ -55,7 +55,7 @@ def load_model(model_dir):
 
 
 def predict(model, metadata, paths, batch):
-    """``(predictions of the readable images as run_files.write_predictions takes them,
+    """``(predictions of the readable images as prediction_csv.write_predictions takes them,
     [(path, reason) of the unreadable ones])``."""
     size = metadata['image_size']
     columns, unreadable, pending = {}, [], []
@@ -105,7 +105,7 @@ def main(_):
         raise DC3Error(f'none of the {len(paths)} images below {FLAGS.images} could be read')
     pred['path'] = np.array([os.path.relpath(p, FLAGS.images) for p in pred['path']])
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    run_files.write_predictions(FLAGS.out, 'predict', pred)
+    prediction_csv.write_predictions(FLAGS.out, 'predict', pred)
     print(f'predicted {len(pred["probs"])} images, {len(unreadable)} unreadable; wrote '
           f'{FLAGS.out}', file=sys.stderr)
 

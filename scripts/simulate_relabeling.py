@@ -28,7 +28,7 @@ import pandas as pd
 from absl import app, flags
 
 
-from libml import io_utils, relabel, run_files
+from libml import io_utils, prediction_csv, relabel
 from libml.errors import DC3Error
 from libml.run_files import find_report
 
@@ -87,7 +87,7 @@ def read_run(run_dir, splits, report='latest'):
         if not os.path.exists(path):
             raise DC3Error(f'{path} not found: the report has no {split!r} predictions; choose '
                            '--splits among the CSVs it has')
-        frames.append(run_files.read_predictions(path))
+        frames.append(prediction_csv.read_predictions(path))
     if not sum(len(f['labels']) for f in frames):
         raise DC3Error(f'{report_dir} has no images in splits {",".join(splits)}')
     run = {
@@ -108,7 +108,7 @@ def read_run(run_dir, splits, report='latest'):
         if not os.path.exists(labeled_path):
             raise DC3Error(f'{labeled_path} not found: a DC3 run\'s cluster proposals need the '
                            'labeled images\' clusters; rerun its report')
-        labeled = run_files.read_predictions(labeled_path)
+        labeled = prediction_csv.read_predictions(labeled_path)
         run['majorities'] = relabel.cluster_majorities(
             labeled['cluster_ids'], labeled['labels'], run['soft_gt'].shape[1])
     return run

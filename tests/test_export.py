@@ -1,6 +1,6 @@
 """scripts/export_proposals.py on a tiny generated dataset and a fake run folder.
 
-The run's prediction CSVs are written by ``libml.run_files.write_predictions`` from p_n / p_o / p_a
+The run's prediction CSVs are written by ``libml.prediction_csv.write_predictions`` from p_n / p_o / p_a
 arrays built here, and the DCIC file is read back with ``dcic_read`` below, which follows DCIC's
 own code (src/algorithms/predictions_import.py): the file-name parse of ``PredictionsImport.run``,
 ``PredictionJson.from_file`` and ``get_iterator_for_set``, and the checks ``run`` applies.
@@ -21,7 +21,7 @@ import tensorflow as tf
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-from libml import records, run_files
+from libml import prediction_csv, records
 from libml.errors import DC3Error
 from scripts import export_proposals as export
 from scripts import run_ablation
@@ -127,7 +127,7 @@ def make_run(root, name, rows=None, vanilla=False, older_rows=None, embeddings=F
         report_dir = run_dir / 'reports' / folder
         report_dir.mkdir(parents=True)
         for split, these in report_rows.items():
-            run_files.write_predictions(str(report_dir / f'{split}.csv'), split,
+            prediction_csv.write_predictions(str(report_dir / f'{split}.csv'), split,
                                     prediction_arrays(split, these, vanilla))
         (report_dir / 'metrics.json').write_text(json.dumps(
             {'classes': CLASSES, 'has_ambiguity_head': not vanilla, 'num_clusters': K_PRIME}))
@@ -228,7 +228,7 @@ def test_dcic_round_trip(tmp_path, data_dir, capsys):
 
 def test_prediction_csv_keeps_its_columns_and_adds_p_o(tmp_path):
     pred = prediction_arrays('val', ROWS)
-    run_files.write_predictions(str(tmp_path / 'val.csv'), 'val', pred)
+    prediction_csv.write_predictions(str(tmp_path / 'val.csv'), 'val', pred)
     frame = pd.read_csv(tmp_path / 'val.csv')
     existing = (['path', 'split', 'index', 'label'] + [f'soft_{c}' for c in range(3)]
                 + [f'prob_{c}' for c in range(3)]
@@ -239,10 +239,10 @@ def test_prediction_csv_keeps_its_columns_and_adds_p_o(tmp_path):
     assert frame['cluster'].tolist() == [row_cluster(i, r) for i, r in enumerate(ROWS)]
     assert frame['cluster_prob'].to_numpy() == pytest.approx([r[2] for r in ROWS], abs=1e-6)
     # Readers that pick columns by prefix still see k class columns.
-    read = run_files.read_predictions(str(tmp_path / 'val.csv'))
+    read = prediction_csv.read_predictions(str(tmp_path / 'val.csv'))
     assert read['class_probs'].shape == (len(ROWS), 3)
     vanilla = prediction_arrays('val', ROWS, vanilla=True)
-    run_files.write_predictions(str(tmp_path / 'vanilla.csv'), 'val', vanilla)
+    prediction_csv.write_predictions(str(tmp_path / 'vanilla.csv'), 'val', vanilla)
     assert list(pd.read_csv(tmp_path / 'vanilla.csv').columns) == existing
 
 

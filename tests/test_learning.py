@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import mean_teacher
-from libml import dc3, methods, metrics, models, records, run_files, trainer
+from libml import dc3, methods, metrics, models, prediction_csv, records, trainer
 from scripts import create_datasets, make_synthetic
 from tests.conftest import ROOT
 from tests.test_training import wait_for_checkpoint
@@ -55,7 +55,7 @@ def test_metrics_json_is_recomputed_from_the_prediction_csvs(synthetic_data_dir,
         saved = json.load(f)
     assert saved['has_ambiguity_head'] and saved['num_clusters'] == 20
     for split in ('train', 'unlabeled', 'val'):
-        again = run_files.metrics_from_csv(os.path.join(report, f'{split}.csv'))
+        again = prediction_csv.metrics_from_csv(os.path.join(report, f'{split}.csv'))
         for key, value in saved['splits'][split]['ema'].items():
             if value is None or isinstance(value, bool):
                 assert again[key] == value, (split, key)

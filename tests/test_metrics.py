@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from libml import metrics, run_files
+from libml import metrics, prediction_csv
 
 
 def one_hot_probs(predicted, k, confidence=0.8):
@@ -173,7 +173,7 @@ def test_metrics_from_csv_equals_split_metrics(tmp_path, vanilla):
     with open(tmp_path / 'val.csv', newline='') as f:
         cells = [row['ambiguity'] for row in csv.DictReader(f)]
     assert all(c == '' for c in cells) == vanilla  # vanilla runs leave the column empty
-    from_csv = run_files.metrics_from_csv(tmp_path / 'val.csv')
+    from_csv = prediction_csv.metrics_from_csv(tmp_path / 'val.csv')
     direct = metrics.split_metrics(labels, soft, probs, clusters, ambiguity)
     assert from_csv.keys() == direct.keys()
     for key, value in direct.items():

@@ -4,7 +4,7 @@ The simulated annotator is checked three ways: its annotation frequencies agains
 probabilities written down from DCIC's description (δ + (0.99 − δ)·g[c], else g renormalised
 without c), its random stream against a transcription of DCIC's ``spa.py`` loop, and the
 measures against a few lines of NumPy each. The script runs on fake run folders whose prediction
-CSVs are written by ``libml.run_files.write_predictions``.
+CSVs are written by ``libml.prediction_csv.write_predictions``.
 """
 import json
 import math
@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-from libml import relabel, run_files
+from libml import prediction_csv, relabel
 from libml.errors import DC3Error
 from scripts import simulate_relabeling as simulate
 
@@ -221,13 +221,13 @@ def make_run(root, name, soft, probs, ambiguity=None, clusters=None, dataset='ci
             p['cluster_probs'] = np.eye(6, dtype=np.float32)[clusters_] * 0.9 + 0.1 / 6
         return p
 
-    run_files.write_predictions(str(report / 'unlabeled.csv'), 'unlabeled',
+    prediction_csv.write_predictions(str(report / 'unlabeled.csv'), 'unlabeled',
                             pred([f'u/{i}.png' for i in range(n)], soft, probs, ambiguity,
                                  clusters))
     if train_rows is not None:
         labels, train_clusters = train_rows
         m = len(labels)
-        run_files.write_predictions(str(report / 'train.csv'), 'train',
+        prediction_csv.write_predictions(str(report / 'train.csv'), 'train',
                                 pred([f't/{i}.png' for i in range(m)], np.eye(K)[labels],
                                      np.full((m, K), 1 / K), np.full(m, 0.9), train_clusters))
     (root / name / 'args.json').write_text(json.dumps({'dataset_name': dataset}))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import mean_teacher
-from libml import dc3, run_files
+from libml import dc3, prediction_csv, run_files
 from libml.errors import DC3Error
 from tests.conftest import make_method
 
@@ -32,7 +32,7 @@ def test_report_folder_round_trip(tmp_path):
                                   embeddings=True)
     assert report_dir.name == 'img0000002048' and run_files.report_images(report_dir.name) == 2048
     assert run_files.find_report(str(tmp_path / 'run')) == str(report_dir)
-    read = run_files.read_predictions(str(report_dir / 'val.csv'))
+    read = prediction_csv.read_predictions(str(report_dir / 'val.csv'))
     np.testing.assert_allclose(read['class_probs'], pred['probs'], rtol=1e-5)
     np.testing.assert_allclose(read['soft_labels'], pred['soft_label'], rtol=1e-5)
     np.testing.assert_array_equal(read['cluster_ids'], pred['cluster_probs'].argmax(1))
@@ -45,21 +45,21 @@ def test_report_folder_round_trip(tmp_path):
 
 def test_vanilla_csv_has_no_ambiguity(tmp_path):
     path = str(tmp_path / 'val.csv')
-    run_files.write_predictions(path, 'val', predictions(with_dc3=False))
-    read = run_files.read_predictions(path)
+    prediction_csv.write_predictions(path, 'val', predictions(with_dc3=False))
+    read = prediction_csv.read_predictions(path)
     assert read['ambiguity'] is None
     np.testing.assert_array_equal(read['cluster_ids'], read['class_probs'].argmax(1))
 
 
 def test_damaged_csv_is_one_error(tmp_path):
     path = tmp_path / 'val.csv'
-    run_files.write_predictions(str(path), 'val', predictions())
+    prediction_csv.write_predictions(str(path), 'val', predictions())
     pd.read_csv(path).drop(columns=['prob_1']).to_csv(path, index=False)
     with pytest.raises(DC3Error, match='lacks columns prob_1'):
-        run_files.read_predictions(str(path))
+        prediction_csv.read_predictions(str(path))
     path.write_text('')
     with pytest.raises(DC3Error, match='damaged'):
-        run_files.read_predictions(str(path))
+        prediction_csv.read_predictions(str(path))
 
 
 def test_find_report_errors(tmp_path):
