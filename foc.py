@@ -111,7 +111,8 @@ class FOC(SSLMethod):
         normal head's ``accuracy`` and ``macro_f1`` come from the base report)."""
         if labeled_pred is None or 'cluster_probs' not in pred:
             return foc.overcluster_metrics([], [], [])
-        mapping = foc.majority_mapping(prediction_csv.cluster_ids(labeled_pred), labeled_pred['label'],
+        mapping = foc.majority_mapping(prediction_csv.cluster_ids(labeled_pred),
+                                       labeled_pred['label'],
                                        self.heads()[OVERCLUSTER_HEAD])
         return foc.overcluster_metrics(prediction_csv.cluster_ids(pred), pred['label'], mapping)
 

@@ -2,11 +2,12 @@
 
 A method subclasses ``SSLMethod``, sets ``unlabeled_views``, declares its hyperparameters as a
 frozen dataclass ``Params`` (fields made with ``libml.hparams.field``: the command-line flags are
-generated from them, see ``cli.py``) and implements ``method_losses``. DC3 composes with any
-method through ``libml.dc3.with_dc3``, which overrides ``heads``, ``combine_losses`` and the run's
-name; the base knows nothing of DC3. The training loop is ``libml.trainer``, evaluation ``libml.evaluation``, the
-run folder's files ``libml.run_files``. Call ``libml.trainer.configure_process`` (precision policy,
-determinism, seeds) before building a method.
+generated from them, see ``cli.py``) and implements ``method_losses``. DC3 composes with any method
+through ``libml.dc3.with_dc3``, which overrides ``heads``, ``combine_losses`` and the run's name;
+the base knows nothing of DC3. The training loop is ``libml.trainer``, evaluation
+``libml.evaluation``, the run folder's files ``libml.run_files``. Call
+``libml.trainer.configure_process`` (precision policy, determinism, seeds) before building a
+method.
 """
 import dataclasses
 import math

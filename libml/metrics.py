@@ -1,10 +1,10 @@
 """Evaluation metrics of DC3 (paper Section 4 / DC3-SPEC "Metrics"), in pure NumPy + scikit-learn.
 
 The training loop calls ``split_metrics`` once per split and report; the report scripts recompute
-the same numbers from a prediction CSV with ``libml.prediction_csv.metrics_from_csv``. Every
-value is a fraction in [0, 1] (tables multiply by 100). A value that is undefined for a split — F1 when no image is
-predicted certain, the inner distance when none is predicted ambiguous — is ``None``, never 0,
-so that it can never win a "best run" comparison by accident.
+the same numbers from a prediction CSV with ``libml.prediction_csv.metrics_from_csv``. Every value
+is a fraction in [0, 1] (tables multiply by 100). A value that is undefined for a split — F1 when
+no image is predicted certain, the inner distance when none is predicted ambiguous — is ``None``,
+never 0, so that it can never win a "best run" comparison by accident.
 """
 import numpy as np
 import sklearn.metrics

@@ -47,7 +47,9 @@ def split_file(split):
 # ---------------------------------------------------------------------------------------------
 
 def serialize_example(png_bytes, label, soft_label, path, split, index):
-    """One record; ``soft_label`` is a length-k sequence of floats."""
+    """One record; ``soft_label`` is a length-k sequence of floats. Serialised deterministically
+    (the feature map in key order): the same images give the same bytes, so re-importing
+    unchanged data keeps the dataset's fingerprint and its runs resume."""
     feature = {
         'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes])),
         'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
@@ -57,7 +59,8 @@ def serialize_example(png_bytes, label, soft_label, path, split, index):
         'split': tf.train.Feature(bytes_list=tf.train.BytesList(value=[split.encode('utf-8')])),
         'index': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def feature_spec(num_classes):
@@ -279,6 +282,18 @@ def split_entry(directory, split, count):
     return {'count': int(count), 'file': split_file(split), 'bytes': size, 'sha256': sha256}
 
 
+def dataset_meta(name, seed, classes, image_size, split_entries, train_counts, ambiguous_fraction,
+                 **details):
+    """The content of meta.json. Its core, what ``load_dataset_info`` and ``verify_split`` read,
+    is made here for both writers (the importer and ``write_arrays``); ``details`` are a writer's
+    own fields (the importer's provenance and statistics). ``split_entries``: split -> a dict with
+    the split's ``count`` (and ``split_entry``'s fields once its file is written)."""
+    return {**details, 'format_version': FORMAT_VERSION, 'name': name, 'seed': int(seed),
+            'classes': list(classes), 'image_size': int(image_size), 'channels': 3,
+            'splits': split_entries, 'class_weights': class_weights_from_counts(train_counts),
+            'ambiguous_fraction': dict(ambiguous_fraction)}
+
+
 def write_arrays(data_dir, name, seed, classes, splits, source='arrays'):
     """Writes in-memory images as a dataset (for tests and benchmarks; real data goes through
     scripts/create_datasets.py). ``splits``: split -> (uint8 images [n, H, W, 3], hard labels,
@@ -294,13 +309,11 @@ def write_arrays(data_dir, name, seed, classes, splits, source='arrays'):
                 Image.fromarray(np.asarray(image, np.uint8)).save(png, 'PNG')
                 writer.write(serialize_example(png.getvalue(), label, soft_label,
                                                f'{split}/{i}.png', split, i))
-    train_labels = np.asarray(splits['train'][1])
     pool = np.concatenate([np.asarray(splits[s][2]) for s in ('train', 'unlabeled') if s in splits])
-    io_utils.write_json(os.path.join(directory, META_FILE), {
-        'format_version': FORMAT_VERSION, 'name': name, 'seed': seed, 'classes': list(classes),
-        'image_size': int(np.asarray(splits['train'][0]).shape[1]), 'source': source,
-        'splits': {s: split_entry(directory, s, len(v[1])) for s, v in splits.items()},
-        'class_weights': class_weights_from_counts(
-            np.bincount(train_labels, minlength=len(classes))),
-        'ambiguous_fraction': {'pool': float(np.mean(pool.max(axis=1) < 1 - 1e-6))}})
+    meta = dataset_meta(
+        name, seed, classes, np.asarray(splits['train'][0]).shape[1],
+        {s: split_entry(directory, s, len(v[1])) for s, v in splits.items()},
+        np.bincount(np.asarray(splits['train'][1]), minlength=len(classes)),
+        {'pool': float(np.mean(pool.max(axis=1) < 1 - 1e-6))}, source=source)
+    io_utils.write_json(os.path.join(directory, META_FILE), meta)
     return load_dataset_info(data_dir, name, seed)

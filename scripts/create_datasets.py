@@ -663,30 +663,19 @@ def build_meta(config, name, seed, source, splits, labels):
     if 'test' in splits:
         ambiguous['test'] = _ambiguous_share(source, splits['test'])
     dcic = source.layout == 'dcic'
-    return {
-        'format_version': records.FORMAT_VERSION,
-        'name': name,
-        'seed': seed,
-        'layout': source.layout,
-        'source': config.input_dir,
-        'classes': list(source.classes),
-        'image_size': config.image_size,
-        'channels': 3,
+    return records.dataset_meta(
+        name, seed, source.classes, config.image_size, summaries, train_counts, ambiguous,
+        layout=source.layout, source=config.input_dir,
         # The DCIC protocol options do not apply to the folder-defined dc3 splits.
-        'slice': config.slice_index if dcic else None,
-        'labeled_fraction': config.labeled_fraction if dcic else None,
-        'keep_test': bool(config.keep_test) if dcic else None,
+        slice=config.slice_index if dcic else None,
+        labeled_fraction=config.labeled_fraction if dcic else None,
+        keep_test=bool(config.keep_test) if dcic else None,
         # With keep_test off, DCIC's test fold is trained on: the DCIC export refuses such data.
-        'dcic_test_fold': dcic_fold_roles(config.slice_index, True)[1] if dcic else None,
-        'dcic_dataset_name': source.dcic_dataset_name if dcic else None,
-        'skipped_null_annotations': source.skipped_null_annotations if dcic else None,
-        'repeated_annotations': source.repeated_annotations if dcic else None,
-        'splits': summaries,
-        'class_weights': records.class_weights_from_counts(train_counts),
-        'ambiguous_fraction': ambiguous,
-        'skipped_files': list(source.skipped),
-        'created_by': 'scripts/create_datasets.py',
-    }
+        dcic_test_fold=dcic_fold_roles(config.slice_index, True)[1] if dcic else None,
+        dcic_dataset_name=source.dcic_dataset_name if dcic else None,
+        skipped_null_annotations=source.skipped_null_annotations if dcic else None,
+        repeated_annotations=source.repeated_annotations if dcic else None,
+        skipped_files=list(source.skipped), created_by='scripts/create_datasets.py')
 
 
 def write_dataset_files(folder, source, encoded, splits, labels, meta, progress=True):

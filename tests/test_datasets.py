@@ -331,6 +331,26 @@ def test_split_reproducible_per_seed(tmp_path):
     assert list(one['val']['path']) != list(two['val']['path'])
 
 
+def test_reimporting_unchanged_images_keeps_the_fingerprint(tmp_path):
+    """A run resumes only on the data it trained on (its fingerprint: the sha256 of the split
+    files), and the importer rewrites every dataset it is run on (``make demo`` twice). The same
+    images must give the same bytes in a new process, whose hash seed may order protobuf's
+    feature map differently."""
+    folder, _, _ = make_dcic(tmp_path / 'raw', per_fold=2)
+    fingerprints = []
+    for hash_seed in ('1', '2'):
+        out = tmp_path / f'data{hash_seed}'
+        done = subprocess.run(
+            [sys.executable, os.path.join('scripts', 'create_datasets.py'), '--input',
+             str(folder), '--name', 'toy', '--image_size', '8', '--data_dir', str(out)],
+            cwd=REPO, env={**os.environ, 'PYTHONHASHSEED': hash_seed,
+                           'TF_CPP_MIN_LOG_LEVEL': '2'},
+            capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-1000:]
+        fingerprints.append(records.dataset_fingerprint(records.dataset_dir(str(out), 'toy', 1)))
+    assert fingerprints[0] == fingerprints[1]
+
+
 def test_sample_hard_labels_distribution():
     rng = np.random.default_rng(0)
     n = 20000

@@ -1,7 +1,7 @@
 """scripts/export_proposals.py on a tiny generated dataset and a fake run folder.
 
-The run's prediction CSVs are written by ``libml.prediction_csv.write_predictions`` from p_n / p_o / p_a
-arrays built here, and the DCIC file is read back with ``dcic_read`` below, which follows DCIC's
+The run's prediction CSVs are written by ``libml.prediction_csv.write_predictions`` from p_n / p_o /
+p_a arrays built here, and the DCIC file is read back with ``dcic_read`` below, which follows DCIC's
 own code (src/algorithms/predictions_import.py): the file-name parse of ``PredictionsImport.run``,
 ``PredictionJson.from_file`` and ``get_iterator_for_set``, and the checks ``run`` applies.
 """
