@@ -1,8 +1,10 @@
 """Mean Teacher (Tarvainen & Valpola, 2017): the EMA of the weights teaches the student.
 
-The teacher (the EMA network) sees the first unlabeled view, the student the second; both views
-also go through the student's single forward pass, which DC3 uses. The teacher normalises with
-batch statistics, as in FixMatch's implementation: in inference mode it would use moving statistics
+The teacher (the EMA network) sees the first unlabeled view, the student the labeled images and
+the second view, in one pass, as in the original code (FixMatch's and DC3's ``mean_teacher.py``):
+the student never sees the first view, so ``outputs.unlabeled[0]`` is None. (Before 2026-12-04
+the student's pass also carried the first view, whose outputs no loss used: a third more images
+through the student's forward and backward pass.) The teacher normalises with batch statistics, as in FixMatch's implementation: in inference mode it would use moving statistics
 that lag the weights and give poor targets early in training. (Its batch norms therefore also fold
 the teacher batch into the EMA network's moving statistics before the EMA update.)
 """
@@ -28,8 +30,10 @@ class MeanTeacher(SSLMethod):
     Params = MeanTeacherParams
 
     def forward(self, batch, training=True):
-        outputs = super().forward(batch, training)
-        outputs.extra['teacher'] = self.ema_model(batch['unlabeled'][0], training=True)
+        first, second = batch['unlabeled']
+        outputs = super().forward(dict(batch, unlabeled=[second]), training)
+        outputs.unlabeled.insert(0, None)  # the first view is the teacher's alone
+        outputs.extra['teacher'] = self.ema_model(first, training=True)
         return outputs
 
     def views(self, outputs):

@@ -73,12 +73,13 @@ def make_method(name, info, train_dir, dc3=False, mixed_precision=0, filters=32,
 def images_per_step(method):
     """(images through the network per step, labeled images per step).
 
-    Images through the network = labeled + unlabeled x views (one forward and backward pass each).
-    Mean Teacher's extra teacher forward pass on one unlabeled view is not counted.
+    Images through the network = labeled + unlabeled x the views the student's pass carries (one
+    forward and backward pass each): every view, but Mean Teacher's student sees only the second
+    (since 2026-12-04; its teacher's forward pass on the first view is not counted).
     """
     cfg = method.train_config
-    unlabeled = cfg.batch * cfg.uratio * method.unlabeled_views
-    return cfg.batch + unlabeled, cfg.batch
+    views = 1 if method.method_name == 'MeanTeacher' else method.unlabeled_views
+    return cfg.batch + cfg.batch * cfg.uratio * views, cfg.batch
 
 
 def machine_info():

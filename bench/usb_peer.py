@@ -40,8 +40,8 @@ it); this file has two modes:
   FixMatch B + 2·B·U (labeled, weak, strong in one concatenated batch, use_cat); MeanTeacher
   B + B·U (labeled and the strong view; its teacher, the EMA weights on the weak view without
   gradient, is not counted, as Mean Teacher's teacher pass is not counted for ours). Ours counts
-  B + 2·B·U for both: our Mean Teacher trains on both unlabeled views, USB's on one, so its steps
-  differ in work; compare MeanTeacher by GFLOP/s and labeled img/s too.
+  the same since 2026-12-04, when our Mean Teacher's student stopped carrying the first view (it
+  counted B + 2·B·U before).
 
 * driver, with the project's python::
 
@@ -135,14 +135,14 @@ def step_flops(kind, batch, uratio, size=32, filters=32):
     """FLOPs of one training step: passes with backward count 3x the forward (backward = input
     gradient + weight gradient, each about the forward's), forward-only passes (Mean Teacher's
     teacher) 1x. ``kind``: 'ours_fixmatch' / 'usb_fixmatch' (B + 2BU trained), 'ours_mean_teacher'
-    (B + 2BU trained, teacher on BU), 'usb_meanteacher' (B + BU trained: labeled and strong view;
-    teacher on the weak view, BU).
+    / 'usb_meanteacher' (B + BU trained: labeled and second / strong view; teacher on the first /
+    weak view, BU).
     """
     forward, _ = wrn_forward(size, filters)
     trained, teacher = {
         'ours_fixmatch': (batch + 2 * batch * uratio, 0),
         'usb_fixmatch': (batch + 2 * batch * uratio, 0),
-        'ours_mean_teacher': (batch + 2 * batch * uratio, batch * uratio),
+        'ours_mean_teacher': (batch + batch * uratio, batch * uratio),
         'usb_meanteacher': (batch + batch * uratio, batch * uratio),
     }[kind]
     return forward * (3 * trained + teacher)

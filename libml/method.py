@@ -25,7 +25,7 @@ from libml.models import CLASS_HEAD
 class Outputs:
     """Network outputs split by subset: dicts of head name -> tensor."""
     labeled: dict
-    unlabeled: list             # one dict per unlabeled view
+    unlabeled: list             # one dict per unlabeled view; None: one the student does not see
     extra: dict = dataclasses.field(default_factory=dict)  # e.g. Mean Teacher's teacher outputs
 
 

@@ -89,6 +89,24 @@ def test_every_head_gets_a_gradient_with_dc3(method_cls, tiny_data_dir, tmp_path
         assert np.abs(grads[f'{head}/bias'].numpy()).sum() > 0, head
 
 
+@pytest.mark.parametrize('cfg', [dc3.DC3Config(), dc3.DC3Config(combined_output=0, wou=0, wol=0)],
+                         ids=['dc3', 'vanilla'])
+def test_mean_teachers_student_never_sees_the_teachers_view(cfg, tiny_data_dir, tmp_path):
+    """As in the original code the student's pass holds the labeled images and the second view
+    only: no gradient reaches the first view's pixels (the teacher's output is a stopped target),
+    while the second view's do get one. Were the first view in the student's pass, its batch-norm
+    statistics alone would give it a gradient."""
+    method = make_method(mean_teacher.MeanTeacher, tiny_data_dir, tmp_path, cfg,
+                         hparams={'consistency_weight': 50.0, 'warmup_pos': 0.0}, wd=0.0)
+    batch = next(iter(data.train_inputs(method.dataset, method.input_config(0))))
+    first, second = (tf.Variable(v) for v in batch['unlabeled'])
+    with tf.GradientTape() as tape:
+        total, _ = method.loss(dict(batch, unlabeled=[first, second]))
+    grad_first, grad_second = tape.gradient(total, [first, second])
+    assert grad_first is None or not np.any(grad_first.numpy())
+    assert np.abs(grad_second.numpy()).sum() > 0
+
+
 @pytest.mark.parametrize('prob_gradient', [0, 1])
 def test_scaling_terms_pass_gradient_to_ambiguity_head_only_with_prob_gradient(
         prob_gradient, tiny_data_dir, tmp_path):
