@@ -259,7 +259,8 @@ def main(argv=None):
     for precision in args.precisions.split(','):
         if precision not in ('bf16', 'fp32'):
             raise SystemExit(f'conv_ops: unknown precision {precision!r}; use bf16 and/or fp32')
-    bench.require_torch('conv_ops')
+    if not args.torch_site:  # with it, only the torch worker imports torch, from there
+        bench.require_torch('conv_ops')
     machine = bench.machine_info()
     bench.banner_with_torch(machine)
     start = time.time()

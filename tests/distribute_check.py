@@ -47,8 +47,10 @@ CASES = {
 
 
 # Absolute tolerance of the weights per case (relative: 1e-4). DNLL trains two networks through
-# one shared loss; after its three steps single elements near zero differed by up to 3e-6.
-WEIGHT_ATOL = {'vanilla': 1e-6, 'dc3': 1e-6, 'dnll': 1e-5}
+# one shared loss; after its three steps single elements near zero differed by up to 3e-6 with
+# Eigen's convolutions and 1.5e-5 with oneDNN's (whose blocking, and so its rounding, depends on
+# the batch size, which differs between one device and a replica).
+WEIGHT_ATOL = {'vanilla': 1e-6, 'dc3': 1e-6, 'dnll': 3e-5}
 
 
 def build(case, work_dir, strategy):
