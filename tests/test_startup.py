@@ -1,5 +1,5 @@
 """A script's start: TensorFlow's C++ start-up lines are hidden (libml/tf_startup.py), and come back
-with DC3_TF_LOGS=1."""
+with DC3_TF_LOGS=1; importing libml turns on oneDNN (libml/__init__.py)."""
 import os
 import subprocess
 import sys
@@ -27,3 +27,22 @@ def test_dc3_tf_logs_shows_tensorflows_lines_again():
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) > 1 and lines[-1].startswith("error: dataset 'missing'")
+
+
+def onednn_in_a_fresh_process(**env):
+    clean = {k: v for k, v in os.environ.items() if k != 'TF_ENABLE_ONEDNN_OPTS'}
+    probe = ('import libml, tensorflow\n'
+             'from tensorflow.python.util import _pywrap_util_port\n'
+             'print(_pywrap_util_port.IsMklEnabled())')
+    result = subprocess.run([sys.executable, '-c', probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120,
+                            env={**clean, 'TF_CPP_MIN_LOG_LEVEL': '2', **env})
+    assert result.returncode == 0, result.stderr[-1000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_importing_libml_turns_on_onednn_unless_the_user_decided():
+    """TensorFlow leaves oneDNN off on AVX2-only CPUs (Eigen's convolutions, several times
+    slower); importing libml before TensorFlow turns it on, and TF_ENABLE_ONEDNN_OPTS=0 wins."""
+    assert onednn_in_a_fresh_process() == 'True'
+    assert onednn_in_a_fresh_process(TF_ENABLE_ONEDNN_OPTS='0') == 'False'
