@@ -8,8 +8,24 @@ is set: TensorFlow enables them by itself only on CPUs with AVX-512 VNNI, bf16 o
 elsewhere (AVX2 CPUs such as AMD Zen 3) computes convolutions with Eigen, 2-5x slower per
 convolution on the 2-core EPYC of BENCHMARKS.md section 14. It must happen before TensorFlow is
 imported, which every script does after ``libml.tf_startup``; ``TF_ENABLE_ONEDNN_OPTS=0`` keeps
-TensorFlow's own choice.
+TensorFlow's own choice. A command line with ``--deterministic 1`` keeps it too: oneDNN's
+multi-threaded convolution gradients vary between runs, which TensorFlow's op determinism does
+not cover (the one place the package looks at the command line, since the choice must precede
+TensorFlow's import and the flags are parsed after it).
 """
 import os
+import sys
 
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+
+def _asks_for_determinism(argv):
+    """Whether ``argv`` holds ``--deterministic 1`` (or ``--deterministic=1``)."""
+    for i, arg in enumerate(argv):
+        value = (arg.split('=', 1)[1] if arg.startswith('--deterministic=')
+                 else argv[i + 1] if arg == '--deterministic' and i + 1 < len(argv) else None)
+        if value is not None:
+            return value.strip() not in ('0', '')
+    return False
+
+
+if not _asks_for_determinism(sys.argv[1:]):
+    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')

@@ -11,7 +11,24 @@ import pytest
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from libml import dc3, methods, models, records, trainer
+
+def _import_tensorflow_without_onednn():
+    """In-process tests run TensorFlow's own (Eigen) kernels: several compare two runs with
+    ``deterministic=1``, which oneDNN's multi-threaded convolution gradients do not repeat
+    exactly (libml/__init__.py). TensorFlow reads the variable once, at its import; the scripts
+    the tests start get the product's default again (oneDNN on, tests/test_startup.py)."""
+    user = os.environ.get('TF_ENABLE_ONEDNN_OPTS')
+    os.environ['TF_ENABLE_ONEDNN_OPTS'] = '0'
+    import tensorflow  # noqa: F401
+    if user is None:
+        del os.environ['TF_ENABLE_ONEDNN_OPTS']
+    else:
+        os.environ['TF_ENABLE_ONEDNN_OPTS'] = user
+
+
+_import_tensorflow_without_onednn()
+
+from libml import dc3, methods, models, records, trainer  # noqa: E402
 
 TINY_SIZE = 16
 TINY_CLASSES = ('a', 'b', 'c', 'd')

@@ -64,7 +64,10 @@ def environment(tmp_path, **extra):
     scratch = tmp_path / 'scratch'  # the workers' temporary checkpoints go here (TMPDIR)
     scratch.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != 'TF_CONFIG' and not k.startswith('SLURM')}
-    return {**env, 'TF_CPP_MIN_LOG_LEVEL': '2', 'TMPDIR': str(scratch), **extra}
+    # Two workers are compared with one process to float noise: with TensorFlow's own kernels,
+    # since oneDNN's (on by default, libml/__init__.py) round differently for each batch size.
+    return {**env, 'TF_CPP_MIN_LOG_LEVEL': '2', 'TMPDIR': str(scratch),
+            'TF_ENABLE_ONEDNN_OPTS': '0', **extra}
 
 
 def script(name, data_dir, train_dir, *flags):
