@@ -8,10 +8,11 @@ is set: TensorFlow enables them by itself only on CPUs with AVX-512 VNNI, bf16 o
 elsewhere (AVX2 CPUs such as AMD Zen 3) computes convolutions with Eigen, 2-5x slower per
 convolution on the 2-core EPYC of BENCHMARKS.md section 14. It must happen before TensorFlow is
 imported, which every script does after ``libml.tf_startup``; ``TF_ENABLE_ONEDNN_OPTS=0`` keeps
-TensorFlow's own choice. A command line with ``--deterministic 1`` keeps it too: oneDNN's
-multi-threaded convolution gradients vary between runs, which TensorFlow's op determinism does
-not cover (the one place the package looks at the command line, since the choice must precede
-TensorFlow's import and the flags are parsed after it).
+TensorFlow's own choice. A command line with ``--deterministic 1`` turns oneDNN off instead (on
+every CPU, also where TensorFlow would enable it): its multi-threaded convolution gradients vary
+between runs, which TensorFlow's op determinism does not cover. This is the one place the package
+looks at the command line: the kernels are chosen when TensorFlow is imported, before the flags
+are parsed.
 """
 import os
 import sys
@@ -27,5 +28,4 @@ def _asks_for_determinism(argv):
     return False
 
 
-if not _asks_for_determinism(sys.argv[1:]):
-    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0' if _asks_for_determinism(sys.argv[1:]) else '1')

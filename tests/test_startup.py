@@ -29,12 +29,12 @@ def test_dc3_tf_logs_shows_tensorflows_lines_again():
     assert len(lines) > 1 and lines[-1].startswith("error: dataset 'missing'")
 
 
-def onednn_in_a_fresh_process(**env):
+def onednn_in_a_fresh_process(*argv, **env):
     clean = {k: v for k, v in os.environ.items() if k != 'TF_ENABLE_ONEDNN_OPTS'}
     probe = ('import libml, tensorflow\n'
              'from tensorflow.python.util import _pywrap_util_port\n'
              'print(_pywrap_util_port.IsMklEnabled())')
-    result = subprocess.run([sys.executable, '-c', probe], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, '-c', probe, *argv], cwd=ROOT, capture_output=True,
                             text=True, timeout=120,
                             env={**clean, 'TF_CPP_MIN_LOG_LEVEL': '2', **env})
     assert result.returncode == 0, result.stderr[-1000:]
@@ -46,3 +46,12 @@ def test_importing_libml_turns_on_onednn_unless_the_user_decided():
     slower); importing libml before TensorFlow turns it on, and TF_ENABLE_ONEDNN_OPTS=0 wins."""
     assert onednn_in_a_fresh_process() == 'True'
     assert onednn_in_a_fresh_process(TF_ENABLE_ONEDNN_OPTS='0') == 'False'
+
+
+def test_a_deterministic_command_line_keeps_tensorflows_kernels():
+    import libml
+    for argv, wanted in ((['--deterministic', '1'], True), (['--deterministic=1'], True),
+                         (['--deterministic', '0'], False), (['--deterministic=0'], False),
+                         (['--seed', '1'], False), (['--deterministic'], False)):
+        assert libml._asks_for_determinism(argv) is wanted, argv
+    assert onednn_in_a_fresh_process('--deterministic', '1') == 'False'
