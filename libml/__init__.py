@@ -9,8 +9,9 @@ elsewhere (AVX2 CPUs such as AMD Zen 3) computes convolutions with Eigen, 2-5x s
 convolution on the 2-core EPYC of BENCHMARKS.md section 14. It must happen before TensorFlow is
 imported, which every script does after ``libml.tf_startup``; ``TF_ENABLE_ONEDNN_OPTS=0`` keeps
 TensorFlow's own choice. A command line with ``--deterministic 1`` turns oneDNN off instead (on
-every CPU, also where TensorFlow would enable it): its multi-threaded convolution gradients vary
-between runs, which TensorFlow's op determinism does not cover. This is the one place the package
+every CPU, also where TensorFlow would enable it, and also when the environment says 1 -- for
+example inherited from a parent process that imported libml): its multi-threaded convolution
+gradients vary between runs, which TensorFlow's op determinism does not cover. This is the one place the package
 looks at the command line: the kernels are chosen when TensorFlow is imported, before the flags
 are parsed.
 """
@@ -28,4 +29,7 @@ def _asks_for_determinism(argv):
     return False
 
 
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0' if _asks_for_determinism(sys.argv[1:]) else '1')
+if _asks_for_determinism(sys.argv[1:]):
+    os.environ['TF_ENABLE_ONEDNN_OPTS'] = '0'
+else:
+    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')

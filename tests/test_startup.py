@@ -55,3 +55,6 @@ def test_a_deterministic_command_line_keeps_tensorflows_kernels():
                          (['--seed', '1'], False), (['--deterministic'], False)):
         assert libml._asks_for_determinism(argv) is wanted, argv
     assert onednn_in_a_fresh_process('--deterministic', '1') == 'False'
+    # ... also when the environment says 1, as in a child of a process that imported libml
+    # (the test suite itself): determinism wins.
+    assert onednn_in_a_fresh_process('--deterministic', '1', TF_ENABLE_ONEDNN_OPTS='1') == 'False'
