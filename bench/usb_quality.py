@@ -1,0 +1,329 @@
+"""Quality parity of the vanilla methods: USB's FixMatch, MeanTeacher and PseudoLabel against ours
+on the same CIFAR-10N import (issue #21, BENCHMARKS.md section 14).
+
+BENCHMARK-ONLY. USB (the `semilearn` 0.3.2 package) runs in bench/out/venv-usb, the virtual
+environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it). Modes:
+
+* ``--run`` (project python, resumable: finished runs are skipped)::
+
+      python -m bench.usb_quality --run [--seeds 1,2,3] [--methods fixmatch,mean_teacher,pseudo_label]
+          [--kimg 24] [--sides usb,ours]
+
+  for every seed s: exports data/cifar10n.s (train = the 1600 labeled images, unlabeled = 6400,
+  val = 2000) to bench/out/usb_quality/cifar10n.s.npz, trains USB's algorithm on it (a worker in
+  the venv) and ours (scripts/run_ablation.py, variant baseline, into
+  experiments/cifar10n_usb_parity), then writes the table (``--table``).
+* ``--table``: bench/out/usb_quality.{md,json}: validation accuracy and macro F1 of the EMA model
+  (both codebases evaluate their EMA weights), per seed and mean ± standard deviation.
+* ``--worker`` (venv python; imports neither TensorFlow nor libml): one USB run.
+
+The protocol, identical on both sides:
+  * data: our TFRecords' images and training labels (``label``); validation targets are the argmax
+    of the soft label, as in our metrics (libml/metrics.py). USB's unlabeled set is exactly ours
+    (USB by default adds the labeled images to it; ``include_lb_to_ulb`` is a property of its own
+    split function, which is not used here).
+  * WRN-28-2 (ours ``--filters 32``), batch 64, uratio 1 for all three methods (FixMatch's 7 would
+    cost 5x the CPU time per step), the same number of labeled images seen (``--kimg``, default 24
+    = 384 steps, the Table 2 budget of BENCHMARKS.md section 7), fp32, plain cross-entropy (ours
+    with ``--use_weighted_xe 0``; USB has no class weights), every other setting each codebase's
+    default for CIFAR-10 (USB: config/classic_cv/<algorithm>/*_cifar10_40_0.yaml's values; lr
+    0.03, SGD momentum 0.9 nesterov, weight decay 5e-4 on the kernels, EMA 0.999, the cosine decay
+    lr·cos(7πt/16) over the run,
+    threshold 0.95, unsupervised warm-up 0.4 of the run, Mean Teacher weight 50; ours the same
+    values, batch-norm momentum 0.999 = torch's 0.001).
+  * USB's augmentations are its own (weak: reflect-pad crop + flip; FixMatch's strong view adds
+    its RandAugment(3, 5); MeanTeacher's second view is a second weak one), normalised with its
+    CIFAR-10 mean and std.
+
+What is not USB's code in a USB run (USB trains on GPUs only): ``torch.Tensor.cuda`` is the
+identity (its loop and ``evaluate`` call ``.cuda(gpu)``), ``set_dataset`` returns USB's
+``BasicDataset`` over our arrays instead of downloading CIFAR-10, TimerHook (CUDA events) is
+unregistered, the logger writes to stderr, and bench/usb_peer.py's placeholder modules stand in for
+packages ``import semilearn`` needs but the run never calls. The loop is USB's
+``AlgorithmBase.train`` with its hooks (parameter update, EMA, evaluation, checkpoint, logging).
+A killed USB run restarts from its beginning (about a quarter of an hour here).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, 'bench', 'out', 'usb_quality')
+OURS_DIR = os.path.join('experiments', 'cifar10n_usb_parity')
+NUM_CLASSES = 10
+BATCH = 64
+# ours (script module) -> (USB algorithm, our run-folder prefix)
+METHODS = {'fixmatch': ('fixmatch', 'FixMatch'), 'mean_teacher': ('meanteacher', 'MeanTeacher'),
+           'pseudo_label': ('pseudolabel', 'PseudoLabel')}
+# USB's config/classic_cv/*/<algorithm>_cifar10_40_0.yaml, the algorithm-specific values.
+USB_ALGORITHM = {
+    'fixmatch': {'hard_label': True, 'T': 0.5, 'p_cutoff': 0.95, 'ulb_loss_ratio': 1.0,
+                 'use_cat': True},
+    'meanteacher': {'ulb_loss_ratio': 50.0, 'unsup_warm_up': 0.4},
+    'pseudolabel': {'ulb_loss_ratio': 1.0, 'p_cutoff': 0.95, 'unsup_warm_up': 0.4},
+}
+OURS_EXTRA = ('--filters 32 --mixed_precision 0 --use_weighted_xe 0 --uratio 1 '
+              '--train_kimg {kimg} --report_kimg 8 --save_kimg 8')
+
+
+def steps_for(kimg):
+    return int(round(kimg * 1024 / BATCH))
+
+
+def atomic_json(path, value):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The USB worker (venv python)
+# ---------------------------------------------------------------------------------------------
+
+def usb_run(args):
+    """Trains one USB algorithm on an exported slice with USB's own loop; writes a result JSON."""
+    import collections
+    import random
+    import time
+    import types
+
+    import numpy as np
+    import torch
+    from bench import usb_peer
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    usb_peer.install_placeholders()
+    usb_peer.torchvision_without_ops()
+    torch.Tensor.cuda = lambda self, *a, **k: self  # CPU: USB's .cuda(gpu) calls keep the tensor
+    from semilearn.core.utils import ALGORITHMS, get_net_builder
+    from semilearn.datasets.augmentation import RandAugment
+    from semilearn.datasets.cv_datasets import cifar as usb_cifar
+    from semilearn.datasets.cv_datasets.datasetbase import BasicDataset
+    from semilearn.lighting import get_config
+    from torchvision import transforms
+
+    arrays = np.load(args.npz)
+    steps = steps_for(args.kimg)
+    name = f'{args.algorithm}_seed{args.seed}'
+    common = {**usb_peer.USB_COMMON, 'epoch': 1, 'num_train_iter': steps,
+              'num_eval_iter': steps_for(8), 'num_log_iter': 50, 'seed': args.seed,
+              'num_workers': 1, 'save_dir': os.path.join(OUT, 'usb_runs'), 'save_name': name}
+    config = get_config({**common, **USB_ALGORITHM[args.algorithm], 'algorithm': args.algorithm,
+                         'batch_size': BATCH, 'uratio': 1, 'img_size': 32,
+                         'num_labels': int(len(arrays['y_train']))})
+    size, pad = 32, int(32 * (1 - config.crop_ratio))
+    norm = transforms.Normalize(usb_cifar.mean['cifar10'], usb_cifar.std['cifar10'])
+    crop_flip = [transforms.Resize(size),
+                 transforms.RandomCrop(size, padding=pad, padding_mode='reflect'),
+                 transforms.RandomHorizontalFlip()]
+    weak = transforms.Compose(crop_flip + [transforms.ToTensor(), norm])
+    strong = transforms.Compose(crop_flip + [RandAugment(3, 5), transforms.ToTensor(), norm])
+    plain = transforms.Compose([transforms.Resize(size), transforms.ToTensor(), norm])
+    alg = args.algorithm
+    datasets = {
+        'train_lb': BasicDataset(alg, arrays['x_train'], arrays['y_train'].tolist(), NUM_CLASSES,
+                                 weak, is_ulb=False),
+        'train_ulb': BasicDataset(alg, arrays['x_unlabeled'], None, NUM_CLASSES, weak,
+                                  is_ulb=True, strong_transform=strong),
+        'eval': BasicDataset(alg, arrays['x_val'], arrays['y_val'].tolist(), NUM_CLASSES, plain,
+                             is_ulb=False),
+        'test': None}
+
+    class OnOurData(ALGORITHMS[alg]):
+        def set_dataset(self):
+            self.args.ulb_dest_len = len(datasets['train_ulb'])
+            self.args.lb_dest_len = len(datasets['train_lb'])
+            return datasets
+
+    logger = types.SimpleNamespace(info=lambda *a: print(*a, file=sys.stderr, flush=True))
+    algorithm = OnOurData(args=config, net_builder=get_net_builder(config.net, False),
+                          tb_log=None, logger=logger)
+    algorithm._hooks = [h for h in algorithm._hooks if h.name != 'TimerHook']
+    algorithm.hooks_dict = collections.OrderedDict((h.name, h) for h in algorithm._hooks)
+    evaluations = []
+    evaluate = algorithm.evaluate
+
+    def recorded(eval_dest='eval', *a, **k):
+        result = evaluate(eval_dest, *a, **k)
+        evaluations.append({'it': algorithm.it + 1, **{key: float(v) for key, v in result.items()
+                                                        if np.ndim(v) == 0}})
+        return result
+    algorithm.evaluate = recorded
+    start = time.time()
+    algorithm.train()  # USB's AlgorithmBase.train: its loop and hooks, evaluation at the end
+    final = evaluations[-1]
+    atomic_json(args.result, {
+        'side': 'usb', 'algorithm': alg, 'seed': args.seed, 'steps': algorithm.it,
+        'labeled_images': algorithm.it * BATCH, 'accuracy': final['eval/top-1-acc'],
+        'macro_f1': final['eval/F1'], 'evaluations': evaluations,
+        'seconds': time.time() - start, 'threads': torch.get_num_threads(),
+        'config': {k: v for k, v in vars(config).items()
+                   if isinstance(v, (int, float, str, bool)) or v is None}})
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver (project python)
+# ---------------------------------------------------------------------------------------------
+
+def export(seed, data_dir):
+    """data/cifar10n.<seed> -> bench/out/usb_quality/cifar10n.<seed>.npz (uint8 images)."""
+    import numpy as np
+    from libml import records
+    path = os.path.join(OUT, f'cifar10n.{seed}.npz')
+    if os.path.exists(path):
+        return path
+    directory = records.dataset_dir(data_dir, 'cifar10n', seed)
+    split = {s: records.read_split_numpy(directory, s, NUM_CLASSES)
+             for s in ('train', 'unlabeled', 'val')}
+    os.makedirs(OUT, exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, x_train=split['train']['image'], y_train=split['train']['label'],
+             x_unlabeled=split['unlabeled']['image'], x_val=split['val']['image'],
+             y_val=split['val']['soft_label'].argmax(axis=1),
+             soft_val=split['val']['soft_label'])
+    os.replace(tmp, path)
+    return path
+
+
+def ours_result(seed, method, kimg):
+    """Final validation metrics (EMA model) of our run, or None when it has not finished."""
+    folder = os.path.join(ROOT, OURS_DIR, f'cifar10n.{seed}@-1-10')
+    prefix = METHODS[method][1] + '_'
+    if not os.path.isdir(folder):
+        return None
+    for run in sorted(os.listdir(folder)):
+        if not run.startswith(prefix):
+            continue
+        with open(os.path.join(folder, run, 'args.json')) as f:
+            if json.load(f).get('train_kimg') != kimg:
+                continue
+        with open(os.path.join(folder, run, 'metrics.jsonl')) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        if lines and lines[-1]['kimg'] >= kimg:
+            val = lines[-1]['splits']['val']['ema']
+            return {'side': 'ours', 'method': method, 'seed': seed, 'run': run,
+                    'accuracy': val['accuracy'], 'macro_f1': val['macro_f1'],
+                    'evaluations': [{'kimg': x['kimg'],
+                                     'accuracy': x['splits']['val']['ema']['accuracy']}
+                                    for x in lines]}
+    return None
+
+
+def usb_result_path(seed, method):
+    return os.path.join(OUT, f'usb_{method}_seed{seed}.json')
+
+
+def run_all(args):
+    env = {**os.environ, 'PYTHONPATH': ROOT}
+    for seed in args.seeds:
+        npz = export(seed, args.data_dir)
+        for method in args.methods:
+            if 'usb' in args.sides and not os.path.exists(usb_result_path(seed, method)):
+                print(f'[usb] {method} seed {seed}', flush=True)
+                subprocess.run([args.usb_python, '-m', 'bench.usb_quality', '--worker',
+                                '--algorithm', METHODS[method][0], '--seed', str(seed),
+                                '--npz', npz, '--kimg', str(args.kimg),
+                                '--result', usb_result_path(seed, method)],
+                               cwd=ROOT, env=env, check=True)
+            if 'ours' in args.sides and ours_result(seed, method, args.kimg) is None:
+                print(f'[ours] {method} seed {seed}', flush=True)
+                subprocess.run([sys.executable, 'scripts/run_ablation.py', '--dataset_name',
+                                'cifar10n', '--data_dir', args.data_dir, '--seeds', str(seed),
+                                '--methods', method, '--variants', 'baseline', '--train_dir',
+                                OURS_DIR, '--extra', OURS_EXTRA.format(kimg=args.kimg)],
+                               cwd=ROOT, check=True)
+    table(args)
+
+
+def table(args):
+    import numpy as np
+    rows, per_seed = [], []
+    for method in args.methods:
+        sides = {}
+        for seed in args.seeds:
+            usb_path = usb_result_path(seed, method)
+            usb = json.load(open(usb_path)) if os.path.exists(usb_path) else None
+            ours = ours_result(seed, method, args.kimg)
+            per_seed.append({'method': method, 'seed': seed, 'ours': ours, 'usb': usb})
+            for side, result in (('ours', ours), ('usb', usb)):
+                if result is not None:
+                    sides.setdefault(side, []).append((result['accuracy'], result['macro_f1']))
+        row = {'method': method}
+        for side in ('ours', 'usb'):
+            values = np.array(sides.get(side, []), dtype=float).reshape(-1, 2)
+            row[side] = {'seeds': len(values),
+                         'accuracy_mean': float(values[:, 0].mean()) if len(values) else None,
+                         'accuracy_std': float(values[:, 0].std(ddof=1)) if len(values) > 1
+                         else None,
+                         'macro_f1_mean': float(values[:, 1].mean()) if len(values) else None,
+                         'macro_f1_std': float(values[:, 1].std(ddof=1)) if len(values) > 1
+                         else None}
+        rows.append(row)
+
+    def cell(side, metric):
+        if side['seeds'] == 0:
+            return 'not run'
+        mean, std = side[f'{metric}_mean'], side[f'{metric}_std']
+        return f'{100 * mean:.2f}' + (f' ± {100 * std:.2f}' if std is not None else '') + \
+            f' ({side["seeds"]})'
+    lines = ['| method | ours accuracy | USB accuracy | ours macro F1 | USB macro F1 |',
+             '|---|---|---|---|---|']
+    for row in rows:
+        lines.append(f'| {row["method"]} | {cell(row["ours"], "accuracy")} | '
+                     f'{cell(row["usb"], "accuracy")} | {cell(row["ours"], "macro_f1")} | '
+                     f'{cell(row["usb"], "macro_f1")} |')
+    lines.append('')
+    lines.append('| method | seed | ours accuracy | USB accuracy | ours macro F1 | USB macro F1 |')
+    lines.append('|---|---|---|---|---|---|')
+    for x in per_seed:
+        def fmt(result, key):
+            return '—' if result is None else f'{100 * result[key]:.2f}'
+        lines.append(f'| {x["method"]} | {x["seed"]} | {fmt(x["ours"], "accuracy")} | '
+                     f'{fmt(x["usb"], "accuracy")} | {fmt(x["ours"], "macro_f1")} | '
+                     f'{fmt(x["usb"], "macro_f1")} |')
+    text = '\n'.join(lines) + '\n'
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT + '.md.tmp', 'w') as f:
+        f.write(text)
+    os.replace(OUT + '.md.tmp', OUT + '.md')
+    atomic_json(OUT + '.json', {'kimg': args.kimg, 'rows': rows, 'per_seed': per_seed})
+    print(text)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument('--run', action='store_true')
+    mode.add_argument('--table', action='store_true')
+    mode.add_argument('--worker', action='store_true')
+    parser.add_argument('--seeds', default='1,2,3')
+    parser.add_argument('--methods', default=','.join(METHODS))
+    parser.add_argument('--sides', default='usb,ours')
+    parser.add_argument('--kimg', type=float, default=24.0)
+    parser.add_argument('--data_dir', default=os.environ.get('ML_DATA', 'data'))
+    parser.add_argument('--usb_python', default=os.path.join('bench', 'out', 'venv-usb', 'bin',
+                                                             'python'))
+    # worker
+    parser.add_argument('--algorithm', choices=sorted(USB_ALGORITHM))
+    parser.add_argument('--seed', type=int, default=1)
+    parser.add_argument('--npz')
+    parser.add_argument('--result')
+    parser.add_argument('--threads', type=int, default=2)
+    args = parser.parse_args()
+    if args.worker:
+        return usb_run(args)
+    args.seeds = [int(s) for s in args.seeds.split(',')]
+    args.methods = args.methods.split(',')
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f'unknown --methods {unknown}; choose from {sorted(METHODS)}')
+    return run_all(args) if args.run else table(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
