@@ -6,7 +6,8 @@ environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it
 
 * ``--run`` (project python, resumable: finished runs are skipped)::
 
-      python -m bench.usb_quality --run [--seeds 1,2,3] [--methods fixmatch,mean_teacher,pseudo_label]
+      python -m bench.usb_quality --run [--seeds 1,2,3]
+          [--methods fixmatch,mean_teacher,pseudo_label]
           [--kimg 24] [--sides usb,ours]
 
   for every seed s: exports data/cifar10n.s (train = the 1600 labeled images, unlabeled = 6400,
@@ -112,7 +113,8 @@ def usb_run(args):
     name = f'{args.algorithm}_seed{args.seed}'
     common = {**usb_peer.USB_COMMON, 'epoch': 1, 'num_train_iter': steps,
               'num_eval_iter': steps_for(8), 'num_log_iter': 50, 'seed': args.seed,
-              'num_workers': 1, 'save_dir': os.path.join(OUT, 'usb_runs'), 'save_name': name}
+              'num_workers': 1, 'save_name': name,
+              'save_dir': os.path.join(os.path.dirname(args.result), 'usb_runs')}
     config = get_config({**common, **USB_ALGORITHM[args.algorithm], 'algorithm': args.algorithm,
                          'batch_size': BATCH, 'uratio': 1, 'img_size': 32,
                          'num_labels': int(len(arrays['y_train']))})
@@ -170,17 +172,17 @@ def usb_run(args):
 # The driver (project python)
 # ---------------------------------------------------------------------------------------------
 
-def export(seed, data_dir):
-    """data/cifar10n.<seed> -> bench/out/usb_quality/cifar10n.<seed>.npz (uint8 images)."""
+def export(seed, data_dir, out=OUT):
+    """data/cifar10n.<seed> -> <out>/cifar10n.<seed>.npz (uint8 images)."""
     import numpy as np
     from libml import records
-    path = os.path.join(OUT, f'cifar10n.{seed}.npz')
+    path = os.path.join(out, f'cifar10n.{seed}.npz')
     if os.path.exists(path):
         return path
     directory = records.dataset_dir(data_dir, 'cifar10n', seed)
     split = {s: records.read_split_numpy(directory, s, NUM_CLASSES)
              for s in ('train', 'unlabeled', 'val')}
-    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     tmp = path + '.tmp.npz'
     np.savez(tmp, x_train=split['train']['image'], y_train=split['train']['label'],
              x_unlabeled=split['unlabeled']['image'], x_val=split['val']['image'],
@@ -190,9 +192,10 @@ def export(seed, data_dir):
     return path
 
 
-def ours_result(seed, method, kimg):
-    """Final validation metrics (EMA model) of our run, or None when it has not finished."""
-    folder = os.path.join(ROOT, OURS_DIR, f'cifar10n.{seed}@-1-10')
+def ours_result(seed, method, kimg, ours_dir=OURS_DIR):
+    """Final validation metrics (EMA model) of our run of ``kimg``, or None when there is none
+    that has finished."""
+    folder = os.path.join(ROOT, ours_dir, f'cifar10n.{seed}@-1-10')
     prefix = METHODS[method][1] + '_'
     if not os.path.isdir(folder):
         return None
@@ -214,28 +217,29 @@ def ours_result(seed, method, kimg):
     return None
 
 
-def usb_result_path(seed, method):
-    return os.path.join(OUT, f'usb_{method}_seed{seed}.json')
+def usb_result_path(seed, method, out=OUT):
+    return os.path.join(out, f'usb_{method}_seed{seed}.json')
 
 
 def run_all(args):
     env = {**os.environ, 'PYTHONPATH': ROOT}
     for seed in args.seeds:
-        npz = export(seed, args.data_dir)
+        npz = export(seed, args.data_dir, args.out)
         for method in args.methods:
-            if 'usb' in args.sides and not os.path.exists(usb_result_path(seed, method)):
+            usb_path = usb_result_path(seed, method, args.out)
+            if 'usb' in args.sides and not os.path.exists(usb_path):
                 print(f'[usb] {method} seed {seed}', flush=True)
                 subprocess.run([args.usb_python, '-m', 'bench.usb_quality', '--worker',
                                 '--algorithm', METHODS[method][0], '--seed', str(seed),
                                 '--npz', npz, '--kimg', str(args.kimg),
-                                '--result', usb_result_path(seed, method)],
+                                '--result', usb_path],
                                cwd=ROOT, env=env, check=True)
-            if 'ours' in args.sides and ours_result(seed, method, args.kimg) is None:
+            if 'ours' in args.sides and ours_result(seed, method, args.kimg, args.ours_dir) is None:
                 print(f'[ours] {method} seed {seed}', flush=True)
                 subprocess.run([sys.executable, 'scripts/run_ablation.py', '--dataset_name',
                                 'cifar10n', '--data_dir', args.data_dir, '--seeds', str(seed),
                                 '--methods', method, '--variants', 'baseline', '--train_dir',
-                                OURS_DIR, '--extra', OURS_EXTRA.format(kimg=args.kimg)],
+                                args.ours_dir, '--extra', OURS_EXTRA.format(kimg=args.kimg)],
                                cwd=ROOT, check=True)
     table(args)
 
@@ -246,9 +250,9 @@ def table(args):
     for method in args.methods:
         sides = {}
         for seed in args.seeds:
-            usb_path = usb_result_path(seed, method)
+            usb_path = usb_result_path(seed, method, args.out)
             usb = json.load(open(usb_path)) if os.path.exists(usb_path) else None
-            ours = ours_result(seed, method, args.kimg)
+            ours = ours_result(seed, method, args.kimg, args.ours_dir)
             per_seed.append({'method': method, 'seed': seed, 'ours': ours, 'usb': usb})
             for side, result in (('ours', ours), ('usb', usb)):
                 if result is not None:
@@ -287,12 +291,12 @@ def table(args):
                      f'{fmt(x["usb"], "accuracy")} | {fmt(x["ours"], "macro_f1")} | '
                      f'{fmt(x["usb"], "macro_f1")} |')
     text = '\n'.join(lines) + '\n'
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT + '.md.tmp', 'w') as f:
+    with open(args.out + '.md.tmp', 'w') as f:
         f.write(text)
-    os.replace(OUT + '.md.tmp', OUT + '.md')
-    atomic_json(OUT + '.json', {'kimg': args.kimg, 'rows': rows, 'per_seed': per_seed})
+    os.replace(args.out + '.md.tmp', args.out + '.md')
+    atomic_json(args.out + '.json', {'kimg': args.kimg, 'rows': rows, 'per_seed': per_seed})
     print(text)
+    return rows
 
 
 def main():
@@ -306,6 +310,9 @@ def main():
     parser.add_argument('--sides', default='usb,ours')
     parser.add_argument('--kimg', type=float, default=24.0)
     parser.add_argument('--data_dir', default=os.environ.get('ML_DATA', 'data'))
+    parser.add_argument('--out', default=OUT, help='Exports and USB results; the table goes to '
+                        'OUT.md and OUT.json.')
+    parser.add_argument('--ours_dir', default=OURS_DIR, help='--train_dir of our runs.')
     parser.add_argument('--usb_python', default=os.path.join('bench', 'out', 'venv-usb', 'bin',
                                                              'python'))
     # worker

@@ -1,0 +1,47 @@
+"""bench/usb_quality.py's bookkeeping: which of our runs count, and the table's means."""
+import argparse
+import json
+import os
+
+import numpy as np
+
+from bench import usb_quality
+
+
+def write_run(ours_dir, seed, name, train_kimg, reports):
+    """A run folder as the trainer leaves it: args.json and one metrics line per report."""
+    folder = os.path.join(ours_dir, f'cifar10n.{seed}@-1-10', name)
+    os.makedirs(folder)
+    with open(os.path.join(folder, 'args.json'), 'w') as f:
+        json.dump({'train_kimg': train_kimg}, f)
+    with open(os.path.join(folder, 'metrics.jsonl'), 'w') as f:
+        for kimg, accuracy, f1 in reports:
+            val = {'ema': {'accuracy': accuracy, 'macro_f1': f1}, 'raw': {'accuracy': 0.0}}
+            f.write(json.dumps({'kimg': kimg, 'splits': {'val': val}}) + '\n')
+
+
+def test_only_finished_runs_of_the_budget_count_and_the_table_averages_seeds(tmp_path):
+    ours_dir, out = str(tmp_path / 'ours'), str(tmp_path / 'usb')
+    os.makedirs(out)
+    write_run(ours_dir, 1, 'MeanTeacher_a', 24.0, [(8.0, 0.30, 0.28), (24.0, 0.45, 0.43)])
+    write_run(ours_dir, 2, 'MeanTeacher_b', 24.0, [(8.0, 0.31, 0.29), (24.0, 0.41, 0.40)])
+    write_run(ours_dir, 3, 'MeanTeacher_c', 24.0, [(8.0, 0.99, 0.99)])      # killed at 8 kimg
+    write_run(ours_dir, 3, 'MeanTeacher_d', 256.0, [(256.0, 0.99, 0.99)])   # another budget
+    write_run(ours_dir, 3, 'FixMatch_e', 24.0, [(24.0, 0.99, 0.99)])        # another method
+    for seed, accuracy in ((1, 0.44), (2, 0.40), (3, 0.46)):
+        with open(usb_quality.usb_result_path(seed, 'mean_teacher', out), 'w') as f:
+            json.dump({'accuracy': accuracy, 'macro_f1': accuracy - 0.02}, f)
+
+    assert usb_quality.ours_result(3, 'mean_teacher', 24.0, ours_dir) is None
+    assert usb_quality.ours_result(1, 'mean_teacher', 24.0, ours_dir)['accuracy'] == 0.45
+    args = argparse.Namespace(methods=['mean_teacher'], seeds=[1, 2, 3], kimg=24.0, out=out,
+                              ours_dir=ours_dir)
+    row, = usb_quality.table(args)
+    assert row['ours']['seeds'] == 2 and row['usb']['seeds'] == 3
+    assert np.isclose(row['ours']['accuracy_mean'], (0.45 + 0.41) / 2)
+    assert np.isclose(row['ours']['accuracy_std'], np.std([0.45, 0.41], ddof=1))
+    assert np.isclose(row['usb']['macro_f1_mean'], np.mean([0.42, 0.38, 0.44]))
+    with open(out + '.md') as f:
+        summary = f.read().splitlines()[2]
+    assert summary.startswith('| mean_teacher | 43.00 ± 2.83 (2) | 43.33 ± 3.06 (3) |'), summary
+    assert json.load(open(out + '.json'))['rows'] == [row]
