@@ -14,8 +14,12 @@ environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it
   val = 2000) to bench/out/usb_quality/cifar10n.s.npz, trains USB's algorithm on it (a worker in
   the venv) and ours (scripts/run_ablation.py, variant baseline, into
   experiments/cifar10n_usb_parity), then writes the table (``--table``).
-* ``--table``: bench/out/usb_quality.{md,json}: validation accuracy and macro F1 of the EMA model
-  (both codebases evaluate their EMA weights), per seed and mean ± standard deviation.
+* ``--table``: bench/out/usb_quality.{md,json}: validation accuracy and macro F1, per seed and
+  mean ± standard deviation, of the EMA weights (what both codebases evaluate) and of the live
+  ("raw") weights. The raw rows compare the training; the EMA rows also compare the averaging,
+  which differs at short budgets: USB's decay is a fixed 0.999 from the first step (after 384
+  steps its average still holds 0.999^384 = 68 % of the initial weights), ours warms up as
+  min(0.999, (1 + t) / (10 + t)) (README, Differences, row 23).
 * ``--worker`` (venv python; imports neither TensorFlow nor libml): one USB run.
 
 The protocol, identical on both sides:
@@ -50,6 +54,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, 'bench', 'out', 'usb_quality')
 OURS_DIR = os.path.join('experiments', 'cifar10n_usb_parity')
@@ -65,6 +71,7 @@ USB_ALGORITHM = {
     'meanteacher': {'ulb_loss_ratio': 50.0, 'unsup_warm_up': 0.4},
     'pseudolabel': {'ulb_loss_ratio': 1.0, 'p_cutoff': 0.95, 'unsup_warm_up': 0.4},
 }
+MODELS = ('ema', 'raw')  # the EMA weights (what both codebases evaluate) and the live ones
 OURS_EXTRA = ('--filters 32 --mixed_precision 0 --use_weighted_xe 0 --uratio 1 '
               '--train_kimg {kimg} --report_kimg 8 --save_kimg 8')
 
@@ -91,7 +98,6 @@ def usb_run(args):
     import time
     import types
 
-    import numpy as np
     import torch
     from bench import usb_peer
     torch.set_num_threads(args.threads)
@@ -158,12 +164,18 @@ def usb_run(args):
     algorithm.evaluate = recorded
     start = time.time()
     algorithm.train()  # USB's AlgorithmBase.train: its loop and hooks, evaluation at the end
-    final = evaluations[-1]
+    seconds = time.time() - start
+    ema = evaluations[-1]  # USB's evaluation at the last step: the EMA weights
+    # The live weights, through USB's own evaluate with its EMA swap made a no-op.
+    algorithm.ema.apply_shadow = algorithm.ema.restore = lambda: None
+    raw = evaluate('eval')
     atomic_json(args.result, {
         'side': 'usb', 'algorithm': alg, 'seed': args.seed, 'steps': algorithm.it,
-        'labeled_images': algorithm.it * BATCH, 'accuracy': final['eval/top-1-acc'],
-        'macro_f1': final['eval/F1'], 'evaluations': evaluations,
-        'seconds': time.time() - start, 'threads': torch.get_num_threads(),
+        'labeled_images': algorithm.it * BATCH,
+        'ema': {'accuracy': ema['eval/top-1-acc'], 'macro_f1': ema['eval/F1']},
+        'raw': {'accuracy': float(raw['eval/top-1-acc']), 'macro_f1': float(raw['eval/F1'])},
+        'evaluations': evaluations, 'seconds': seconds,
+        'threads': torch.get_num_threads(),
         'config': {k: v for k, v in vars(config).items()
                    if isinstance(v, (int, float, str, bool)) or v is None}})
 
@@ -174,7 +186,6 @@ def usb_run(args):
 
 def export(seed, data_dir, out=OUT):
     """data/cifar10n.<seed> -> <out>/cifar10n.<seed>.npz (uint8 images)."""
-    import numpy as np
     from libml import records
     path = os.path.join(out, f'cifar10n.{seed}.npz')
     if os.path.exists(path):
@@ -193,8 +204,8 @@ def export(seed, data_dir, out=OUT):
 
 
 def ours_result(seed, method, kimg, ours_dir=OURS_DIR):
-    """Final validation metrics (EMA model) of our run of ``kimg``, or None when there is none
-    that has finished."""
+    """Final validation metrics (EMA and raw weights) of our run of ``kimg``, or None when
+    there is none that has finished."""
     folder = os.path.join(ROOT, ours_dir, f'cifar10n.{seed}@-1-10')
     prefix = METHODS[method][1] + '_'
     if not os.path.isdir(folder):
@@ -208,9 +219,10 @@ def ours_result(seed, method, kimg, ours_dir=OURS_DIR):
         with open(os.path.join(folder, run, 'metrics.jsonl')) as f:
             lines = [json.loads(line) for line in f if line.strip()]
         if lines and lines[-1]['kimg'] >= kimg:
-            val = lines[-1]['splits']['val']['ema']
+            val = lines[-1]['splits']['val']
             return {'side': 'ours', 'method': method, 'seed': seed, 'run': run,
-                    'accuracy': val['accuracy'], 'macro_f1': val['macro_f1'],
+                    **{model: {'accuracy': val[model]['accuracy'],
+                               'macro_f1': val[model]['macro_f1']} for model in MODELS},
                     'evaluations': [{'kimg': x['kimg'],
                                      'accuracy': x['splits']['val']['ema']['accuracy']}
                                     for x in lines]}
@@ -244,11 +256,24 @@ def run_all(args):
     table(args)
 
 
+def _stats(values):
+    values = np.asarray(values, dtype=float)
+    return {'seeds': len(values), 'mean': float(values.mean()) if len(values) else None,
+            'std': float(values.std(ddof=1)) if len(values) > 1 else None}
+
+
+def _cell(stats):
+    if not stats['seeds']:
+        return 'not run'
+    std = f' ± {100 * stats["std"]:.2f}' if stats['std'] is not None else ''
+    return f'{100 * stats["mean"]:.2f}{std} ({stats["seeds"]})'
+
+
 def table(args):
-    import numpy as np
+    """Mean ± std over seeds per method, weights (EMA / raw), side and metric -> OUT.md, .json."""
     rows, per_seed = [], []
     for method in args.methods:
-        sides = {}
+        results = {'ours': [], 'usb': []}
         for seed in args.seeds:
             usb_path = usb_result_path(seed, method, args.out)
             usb = json.load(open(usb_path)) if os.path.exists(usb_path) else None
@@ -256,40 +281,24 @@ def table(args):
             per_seed.append({'method': method, 'seed': seed, 'ours': ours, 'usb': usb})
             for side, result in (('ours', ours), ('usb', usb)):
                 if result is not None:
-                    sides.setdefault(side, []).append((result['accuracy'], result['macro_f1']))
-        row = {'method': method}
-        for side in ('ours', 'usb'):
-            values = np.array(sides.get(side, []), dtype=float).reshape(-1, 2)
-            row[side] = {'seeds': len(values),
-                         'accuracy_mean': float(values[:, 0].mean()) if len(values) else None,
-                         'accuracy_std': float(values[:, 0].std(ddof=1)) if len(values) > 1
-                         else None,
-                         'macro_f1_mean': float(values[:, 1].mean()) if len(values) else None,
-                         'macro_f1_std': float(values[:, 1].std(ddof=1)) if len(values) > 1
-                         else None}
-        rows.append(row)
-
-    def cell(side, metric):
-        if side['seeds'] == 0:
-            return 'not run'
-        mean, std = side[f'{metric}_mean'], side[f'{metric}_std']
-        return f'{100 * mean:.2f}' + (f' ± {100 * std:.2f}' if std is not None else '') + \
-            f' ({side["seeds"]})'
-    lines = ['| method | ours accuracy | USB accuracy | ours macro F1 | USB macro F1 |',
-             '|---|---|---|---|---|']
+                    results[side].append(result)
+        for model in MODELS:
+            rows.append({'method': method, 'model': model, **{
+                f'{side}_{metric}': _stats([r[model][metric] for r in results[side]])
+                for side in results for metric in ('accuracy', 'macro_f1')}})
+    lines = ['| method | weights | ours accuracy | USB accuracy | ours macro F1 | USB macro F1 |',
+             '|---|---|---|---|---|---|']
     for row in rows:
-        lines.append(f'| {row["method"]} | {cell(row["ours"], "accuracy")} | '
-                     f'{cell(row["usb"], "accuracy")} | {cell(row["ours"], "macro_f1")} | '
-                     f'{cell(row["usb"], "macro_f1")} |')
-    lines.append('')
-    lines.append('| method | seed | ours accuracy | USB accuracy | ours macro F1 | USB macro F1 |')
-    lines.append('|---|---|---|---|---|---|')
+        lines.append(f'| {row["method"]} | {row["model"]} | {_cell(row["ours_accuracy"])} | '
+                     f'{_cell(row["usb_accuracy"])} | {_cell(row["ours_macro_f1"])} | '
+                     f'{_cell(row["usb_macro_f1"])} |')
+    lines += ['', '| method | seed | weights | ours accuracy | USB accuracy | ours macro F1 | '
+              'USB macro F1 |', '|---|---|---|---|---|---|---|']
     for x in per_seed:
-        def fmt(result, key):
-            return '—' if result is None else f'{100 * result[key]:.2f}'
-        lines.append(f'| {x["method"]} | {x["seed"]} | {fmt(x["ours"], "accuracy")} | '
-                     f'{fmt(x["usb"], "accuracy")} | {fmt(x["ours"], "macro_f1")} | '
-                     f'{fmt(x["usb"], "macro_f1")} |')
+        for model in MODELS:
+            cells = ['—' if x[side] is None else f'{100 * x[side][model][metric]:.2f}'
+                     for metric in ('accuracy', 'macro_f1') for side in ('ours', 'usb')]
+            lines.append(f'| {x["method"]} | {x["seed"]} | {model} | ' + ' | '.join(cells) + ' |')
     text = '\n'.join(lines) + '\n'
     with open(args.out + '.md.tmp', 'w') as f:
         f.write(text)

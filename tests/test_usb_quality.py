@@ -15,8 +15,9 @@ def write_run(ours_dir, seed, name, train_kimg, reports):
     with open(os.path.join(folder, 'args.json'), 'w') as f:
         json.dump({'train_kimg': train_kimg}, f)
     with open(os.path.join(folder, 'metrics.jsonl'), 'w') as f:
-        for kimg, accuracy, f1 in reports:
-            val = {'ema': {'accuracy': accuracy, 'macro_f1': f1}, 'raw': {'accuracy': 0.0}}
+        for kimg, accuracy, f1 in reports:  # the raw weights 10 points below the EMA ones
+            val = {'ema': {'accuracy': accuracy, 'macro_f1': f1},
+                   'raw': {'accuracy': accuracy - 0.1, 'macro_f1': f1 - 0.1}}
             f.write(json.dumps({'kimg': kimg, 'splits': {'val': val}}) + '\n')
 
 
@@ -30,18 +31,23 @@ def test_only_finished_runs_of_the_budget_count_and_the_table_averages_seeds(tmp
     write_run(ours_dir, 3, 'FixMatch_e', 24.0, [(24.0, 0.99, 0.99)])        # another method
     for seed, accuracy in ((1, 0.44), (2, 0.40), (3, 0.46)):
         with open(usb_quality.usb_result_path(seed, 'mean_teacher', out), 'w') as f:
-            json.dump({'accuracy': accuracy, 'macro_f1': accuracy - 0.02}, f)
+            json.dump({'ema': {'accuracy': accuracy, 'macro_f1': accuracy - 0.02},
+                       'raw': {'accuracy': accuracy + 0.1, 'macro_f1': accuracy}}, f)
 
     assert usb_quality.ours_result(3, 'mean_teacher', 24.0, ours_dir) is None
-    assert usb_quality.ours_result(1, 'mean_teacher', 24.0, ours_dir)['accuracy'] == 0.45
+    assert usb_quality.ours_result(1, 'mean_teacher', 24.0, ours_dir)['ema']['accuracy'] == 0.45
     args = argparse.Namespace(methods=['mean_teacher'], seeds=[1, 2, 3], kimg=24.0, out=out,
                               ours_dir=ours_dir)
-    row, = usb_quality.table(args)
-    assert row['ours']['seeds'] == 2 and row['usb']['seeds'] == 3
-    assert np.isclose(row['ours']['accuracy_mean'], (0.45 + 0.41) / 2)
-    assert np.isclose(row['ours']['accuracy_std'], np.std([0.45, 0.41], ddof=1))
-    assert np.isclose(row['usb']['macro_f1_mean'], np.mean([0.42, 0.38, 0.44]))
+    ema, raw = usb_quality.table(args)
+    assert (ema['model'], raw['model']) == ('ema', 'raw')
+    assert ema['ours_accuracy']['seeds'] == 2 and ema['usb_accuracy']['seeds'] == 3
+    assert np.isclose(ema['ours_accuracy']['mean'], (0.45 + 0.41) / 2)
+    assert np.isclose(ema['ours_accuracy']['std'], np.std([0.45, 0.41], ddof=1))
+    assert np.isclose(raw['ours_macro_f1']['mean'], (0.33 + 0.30) / 2)
+    assert np.isclose(ema['usb_macro_f1']['mean'], np.mean([0.42, 0.38, 0.44]))
+    assert np.isclose(raw['usb_accuracy']['mean'], np.mean([0.54, 0.50, 0.56]))
     with open(out + '.md') as f:
-        summary = f.read().splitlines()[2]
-    assert summary.startswith('| mean_teacher | 43.00 ± 2.83 (2) | 43.33 ± 3.06 (3) |'), summary
-    assert json.load(open(out + '.json'))['rows'] == [row]
+        lines = f.read().splitlines()
+    assert lines[2].startswith('| mean_teacher | ema | 43.00 ± 2.83 (2) | 43.33 ± 3.06 (3) |')
+    assert '| mean_teacher | 3 | raw | — | 56.00 | — | 46.00 |' in lines
+    assert json.load(open(out + '.json'))['rows'] == [ema, raw]
