@@ -35,7 +35,10 @@ The protocol, identical on both sides:
     0.03, SGD momentum 0.9 nesterov, weight decay 5e-4 on the kernels, EMA 0.999, the cosine decay
     lr·cos(7πt/16) over the run,
     threshold 0.95, unsupervised warm-up 0.4 of the run, Mean Teacher weight 50; ours the same
-    values, batch-norm momentum 0.999 = torch's 0.001).
+    values), except the batch-norm momentum: 0.99 on both sides (``--bn_momentum``, Keras
+    convention; torch 0.01) instead of both codebases' 0.999 (torch 0.001), which after 384 steps
+    leaves 0.999^384 = 68 % of the initial statistics (mean 0, variance 1) in the running averages
+    that evaluation uses: USB's FixMatch evaluated at 12-14 % accuracy that way (2026-12-04).
   * USB's augmentations are its own (weak: reflect-pad crop + flip; FixMatch's strong view adds
     its RandAugment(3, 5); MeanTeacher's second view is a second weak one), normalised with its
     CIFAR-10 mean and std.
@@ -73,7 +76,7 @@ USB_ALGORITHM = {
 }
 MODELS = ('ema', 'raw')  # the EMA weights (what both codebases evaluate) and the live ones
 OURS_EXTRA = ('--filters 32 --mixed_precision 0 --use_weighted_xe 0 --uratio 1 '
-              '--train_kimg {kimg} --report_kimg 8 --save_kimg 8')
+              '--bn_momentum {bn_momentum} --train_kimg {kimg} --report_kimg 8 --save_kimg 8')
 
 
 def steps_for(kimg):
@@ -151,6 +154,10 @@ def usb_run(args):
     logger = types.SimpleNamespace(info=lambda *a: print(*a, file=sys.stderr, flush=True))
     algorithm = OnOurData(args=config, net_builder=get_net_builder(config.net, False),
                           tb_log=None, logger=logger)
+    for net in (algorithm.model, algorithm.ema_model):  # Keras convention -> torch's
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = 1.0 - args.bn_momentum
     algorithm._hooks = [h for h in algorithm._hooks if h.name != 'TimerHook']
     algorithm.hooks_dict = collections.OrderedDict((h.name, h) for h in algorithm._hooks)
     evaluations = []
@@ -174,7 +181,7 @@ def usb_run(args):
         'labeled_images': algorithm.it * BATCH,
         'ema': {'accuracy': ema['eval/top-1-acc'], 'macro_f1': ema['eval/F1']},
         'raw': {'accuracy': float(raw['eval/top-1-acc']), 'macro_f1': float(raw['eval/F1'])},
-        'evaluations': evaluations, 'seconds': seconds,
+        'evaluations': evaluations, 'seconds': seconds, 'bn_momentum': args.bn_momentum,
         'threads': torch.get_num_threads(),
         'config': {k: v for k, v in vars(config).items()
                    if isinstance(v, (int, float, str, bool)) or v is None}})
@@ -203,9 +210,9 @@ def export(seed, data_dir, out=OUT):
     return path
 
 
-def ours_result(seed, method, kimg, ours_dir=OURS_DIR):
-    """Final validation metrics (EMA and raw weights) of our run of ``kimg``, or None when
-    there is none that has finished."""
+def ours_result(seed, method, kimg, bn_momentum, ours_dir=OURS_DIR):
+    """Final validation metrics (EMA and raw weights) of our run of ``kimg`` and
+    ``bn_momentum``, or None when there is none that has finished."""
     folder = os.path.join(ROOT, ours_dir, f'cifar10n.{seed}@-1-10')
     prefix = METHODS[method][1] + '_'
     if not os.path.isdir(folder):
@@ -214,8 +221,9 @@ def ours_result(seed, method, kimg, ours_dir=OURS_DIR):
         if not run.startswith(prefix):
             continue
         with open(os.path.join(folder, run, 'args.json')) as f:
-            if json.load(f).get('train_kimg') != kimg:
-                continue
+            run_args = json.load(f)
+        if (run_args.get('train_kimg'), run_args.get('bn_momentum')) != (kimg, bn_momentum):
+            continue
         with open(os.path.join(folder, run, 'metrics.jsonl')) as f:
             lines = [json.loads(line) for line in f if line.strip()]
         if lines and lines[-1]['kimg'] >= kimg:
@@ -229,8 +237,8 @@ def ours_result(seed, method, kimg, ours_dir=OURS_DIR):
     return None
 
 
-def usb_result_path(seed, method, out=OUT):
-    return os.path.join(out, f'usb_{method}_seed{seed}.json')
+def usb_result_path(seed, method, kimg, bn_momentum, out=OUT):
+    return os.path.join(out, f'usb_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}.json')
 
 
 def run_all(args):
@@ -238,20 +246,23 @@ def run_all(args):
     for seed in args.seeds:
         npz = export(seed, args.data_dir, args.out)
         for method in args.methods:
-            usb_path = usb_result_path(seed, method, args.out)
+            usb_path = usb_result_path(seed, method, args.kimg, args.bn_momentum, args.out)
             if 'usb' in args.sides and not os.path.exists(usb_path):
                 print(f'[usb] {method} seed {seed}', flush=True)
                 subprocess.run([args.usb_python, '-m', 'bench.usb_quality', '--worker',
                                 '--algorithm', METHODS[method][0], '--seed', str(seed),
                                 '--npz', npz, '--kimg', str(args.kimg),
+                                '--bn_momentum', str(args.bn_momentum),
                                 '--result', usb_path],
                                cwd=ROOT, env=env, check=True)
-            if 'ours' in args.sides and ours_result(seed, method, args.kimg, args.ours_dir) is None:
+            ours = ours_result(seed, method, args.kimg, args.bn_momentum, args.ours_dir)
+            if 'ours' in args.sides and ours is None:
                 print(f'[ours] {method} seed {seed}', flush=True)
                 subprocess.run([sys.executable, 'scripts/run_ablation.py', '--dataset_name',
                                 'cifar10n', '--data_dir', args.data_dir, '--seeds', str(seed),
                                 '--methods', method, '--variants', 'baseline', '--train_dir',
-                                args.ours_dir, '--extra', OURS_EXTRA.format(kimg=args.kimg)],
+                                args.ours_dir, '--extra', OURS_EXTRA.format(kimg=args.kimg,
+                                                                   bn_momentum=args.bn_momentum)],
                                cwd=ROOT, check=True)
     table(args)
 
@@ -275,9 +286,9 @@ def table(args):
     for method in args.methods:
         results = {'ours': [], 'usb': []}
         for seed in args.seeds:
-            usb_path = usb_result_path(seed, method, args.out)
+            usb_path = usb_result_path(seed, method, args.kimg, args.bn_momentum, args.out)
             usb = json.load(open(usb_path)) if os.path.exists(usb_path) else None
-            ours = ours_result(seed, method, args.kimg, args.ours_dir)
+            ours = ours_result(seed, method, args.kimg, args.bn_momentum, args.ours_dir)
             per_seed.append({'method': method, 'seed': seed, 'ours': ours, 'usb': usb})
             for side, result in (('ours', ours), ('usb', usb)):
                 if result is not None:
@@ -318,6 +329,8 @@ def main():
     parser.add_argument('--methods', default=','.join(METHODS))
     parser.add_argument('--sides', default='usb,ours')
     parser.add_argument('--kimg', type=float, default=24.0)
+    parser.add_argument('--bn_momentum', type=float, default=0.99,
+                        help='Both sides, Keras convention (torch momentum = 1 - this).')
     parser.add_argument('--data_dir', default=os.environ.get('ML_DATA', 'data'))
     parser.add_argument('--out', default=OUT, help='Exports and USB results; the table goes to '
                         'OUT.md and OUT.json.')

@@ -8,12 +8,12 @@ import numpy as np
 from bench import usb_quality
 
 
-def write_run(ours_dir, seed, name, train_kimg, reports):
+def write_run(ours_dir, seed, name, train_kimg, reports, bn_momentum=0.99):
     """A run folder as the trainer leaves it: args.json and one metrics line per report."""
     folder = os.path.join(ours_dir, f'cifar10n.{seed}@-1-10', name)
     os.makedirs(folder)
     with open(os.path.join(folder, 'args.json'), 'w') as f:
-        json.dump({'train_kimg': train_kimg}, f)
+        json.dump({'train_kimg': train_kimg, 'bn_momentum': bn_momentum}, f)
     with open(os.path.join(folder, 'metrics.jsonl'), 'w') as f:
         for kimg, accuracy, f1 in reports:  # the raw weights 10 points below the EMA ones
             val = {'ema': {'accuracy': accuracy, 'macro_f1': f1},
@@ -29,15 +29,18 @@ def test_only_finished_runs_of_the_budget_count_and_the_table_averages_seeds(tmp
     write_run(ours_dir, 3, 'MeanTeacher_c', 24.0, [(8.0, 0.99, 0.99)])      # killed at 8 kimg
     write_run(ours_dir, 3, 'MeanTeacher_d', 256.0, [(256.0, 0.99, 0.99)])   # another budget
     write_run(ours_dir, 3, 'FixMatch_e', 24.0, [(24.0, 0.99, 0.99)])        # another method
+    write_run(ours_dir, 3, 'MeanTeacher_f', 24.0, [(24.0, 0.99, 0.99)], bn_momentum=0.999)
     for seed, accuracy in ((1, 0.44), (2, 0.40), (3, 0.46)):
-        with open(usb_quality.usb_result_path(seed, 'mean_teacher', out), 'w') as f:
+        with open(usb_quality.usb_result_path(seed, 'mean_teacher', 24.0, 0.99, out), 'w') as f:
             json.dump({'ema': {'accuracy': accuracy, 'macro_f1': accuracy - 0.02},
                        'raw': {'accuracy': accuracy + 0.1, 'macro_f1': accuracy}}, f)
 
-    assert usb_quality.ours_result(3, 'mean_teacher', 24.0, ours_dir) is None
-    assert usb_quality.ours_result(1, 'mean_teacher', 24.0, ours_dir)['ema']['accuracy'] == 0.45
+    assert usb_quality.ours_result(3, 'mean_teacher', 24.0, 0.99, ours_dir) is None
+    assert usb_quality.ours_result(3, 'mean_teacher', 24.0, 0.999, ours_dir) is not None
+    seed_1 = usb_quality.ours_result(1, 'mean_teacher', 24.0, 0.99, ours_dir)
+    assert seed_1['ema']['accuracy'] == 0.45
     args = argparse.Namespace(methods=['mean_teacher'], seeds=[1, 2, 3], kimg=24.0, out=out,
-                              ours_dir=ours_dir)
+                              ours_dir=ours_dir, bn_momentum=0.99)
     ema, raw = usb_quality.table(args)
     assert (ema['model'], raw['model']) == ('ema', 'raw')
     assert ema['ours_accuracy']['seeds'] == 2 and ema['usb_accuracy']['seeds'] == 3
