@@ -345,13 +345,18 @@ def main():
     parser.add_argument('--threads', type=int, default=2)
     args = parser.parse_args()
     if args.worker:
-        return usb_run(args)
+        usb_run(args)
+        return 0
     args.seeds = [int(s) for s in args.seeds.split(',')]
     args.methods = args.methods.split(',')
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f'unknown --methods {unknown}; choose from {sorted(METHODS)}')
-    return run_all(args) if args.run else table(args)
+    if args.run:
+        run_all(args)
+    else:
+        table(args)
+    return 0
 
 
 if __name__ == '__main__':
