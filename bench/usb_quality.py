@@ -20,6 +20,14 @@ environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it
   which differs at short budgets: USB's decay is a fixed 0.999 from the first step (after 384
   steps its average still holds 0.999^384 = 68 % of the initial weights), ours warms up as
   min(0.999, (1 + t) / (10 + t)) (README, Differences, row 23).
+  The ``ema_bn`` and ``raw_bn`` rows evaluate the same weights after re-estimating every batch
+  norm's statistics on the clean training images (labeled + unlabeled, one pass, batches of 256,
+  each batch weighted equally: torch's cumulative average, ``reestimate_bn_keras`` on our side).
+  At 384 steps the running averages lag the weights: our FixMatch seed 1's live weights score
+  31.2 % with their running statistics and 46.3 % with re-estimated ones (2026-12-04), so the
+  raw rows measure the lag as much as the training; the ``_bn`` rows compare what was learned.
+  USB's EMA network borrows the live network's running statistics (its EMA averages parameters
+  only); ``ema_bn`` gives both sides statistics of their own EMA weights.
 * ``--worker`` (venv python; imports neither TensorFlow nor libml): one USB run.
 
 The protocol, identical on both sides:
@@ -73,7 +81,9 @@ METHODS = {'fixmatch': ('fixmatch', 'FixMatch'), 'mean_teacher': ('meanteacher',
 # (FixMatch's and MeanTeacher's as the speed benchmark configures them).
 USB_ALGORITHM = {**usb_peer.USB_CIFAR10,
                  'pseudolabel': {'ulb_loss_ratio': 1.0, 'p_cutoff': 0.95, 'unsup_warm_up': 0.4}}
-MODELS = ('ema', 'raw')  # the EMA weights (what both codebases evaluate) and the live ones
+# The EMA weights (what both codebases evaluate) and the live ones, each as trained and with
+# batch-norm statistics re-estimated on the clean training images (``_bn``).
+MODELS = ('ema', 'raw', 'ema_bn', 'raw_bn')
 OURS_EXTRA = ('--filters 32 --mixed_precision 0 --use_weighted_xe 0 --uratio 1 '
               '--bn_momentum {bn_momentum} --train_kimg {kimg} --report_kimg 8 --save_kimg 8')
 
@@ -172,17 +182,49 @@ def usb_run(args):
     seconds = time.time() - start
     ema = evaluations[-1]  # USB's evaluation at the last step: the EMA weights
     # The live weights, through USB's own evaluate with its EMA swap made a no-op.
+    apply_shadow = algorithm.ema.apply_shadow
     algorithm.ema.apply_shadow = algorithm.ema.restore = lambda: None
     raw = evaluate('eval')
+    # The same two networks with batch-norm statistics re-estimated on the clean training images
+    # (USB's EMA swaps only the parameters in: its EMA network uses the live running statistics).
+    clean = np.concatenate([arrays['x_train'], arrays['x_unlabeled']])
+    reestimate_bn_torch(algorithm.model, clean, plain)
+    raw_bn = evaluate('eval')
+    apply_shadow()
+    reestimate_bn_torch(algorithm.model, clean, plain)
+    ema_bn = evaluate('eval')
+
+    def metrics(result):
+        return {'accuracy': float(result['eval/top-1-acc']), 'macro_f1': float(result['eval/F1'])}
     atomic_json(args.result, {
         'side': 'usb', 'algorithm': alg, 'seed': args.seed, 'steps': algorithm.it,
         'labeled_images': algorithm.it * BATCH,
-        'ema': {'accuracy': ema['eval/top-1-acc'], 'macro_f1': ema['eval/F1']},
-        'raw': {'accuracy': float(raw['eval/top-1-acc']), 'macro_f1': float(raw['eval/F1'])},
+        'ema': metrics(ema), 'raw': metrics(raw), 'raw_bn': metrics(raw_bn),
+        'ema_bn': metrics(ema_bn),
         'evaluations': evaluations, 'seconds': seconds, 'bn_momentum': args.bn_momentum,
         'threads': torch.get_num_threads(),
         'config': {k: v for k, v in vars(config).items()
                    if isinstance(v, (int, float, str, bool)) or v is None}})
+
+
+def reestimate_bn_torch(net, images, transform, batch=256):
+    """Sets every batch norm's running mean and variance of ``net`` (torch) to their average over
+    one pass of ``images`` (uint8 [N, H, W, 3]) through ``transform``, in batches of ``batch``:
+    the statistics of the network's final weights, without the lag of a running average."""
+    import torch
+    from PIL import Image
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # torch: cumulative average over the batches seen since the reset
+    net.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            net(torch.stack([transform(Image.fromarray(x)) for x in images[start:start + batch]]))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    net.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,15 +270,79 @@ def ours_result(seed, method, kimg, bn_momentum, ours_dir=OURS_DIR):
             val = lines[-1]['splits']['val']
             return {'side': 'ours', 'method': method, 'seed': seed, 'run': run,
                     **{model: {'accuracy': val[model]['accuracy'],
-                               'macro_f1': val[model]['macro_f1']} for model in MODELS},
+                               'macro_f1': val[model]['macro_f1']} for model in ('ema', 'raw')},
                     'evaluations': [{'kimg': x['kimg'],
                                      'accuracy': x['splits']['val']['ema']['accuracy']}
                                     for x in lines]}
     return None
 
 
+def reestimate_bn_keras(model, images, batch=256):
+    """Our counterpart of ``reestimate_bn_torch``: every batch norm's moving mean and variance of
+    ``model`` (Keras, eager) become their average over the batches of ``images`` (normalised
+    float32 [N, H, W, 3]), each batch weighted equally as torch's cumulative average does."""
+    norms = [layer for layer in model._flatten_layers()
+             if hasattr(layer, 'moving_mean') and hasattr(layer, 'momentum')]
+    momenta = [layer.momentum for layer in norms]
+    for i, start in enumerate(range(0, len(images), batch)):
+        for layer in norms:  # moving <- moving + (batch - moving) / (i + 1)
+            layer.momentum = 1.0 - 1.0 / (i + 1)
+        model(images[start:start + batch], training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+
+
+def ours_reestimated(run_dir, data_dir):
+    """Validation accuracy and macro F1 of a finished run's live (``raw_bn``) and EMA
+    (``ema_bn``) weights with batch-norm statistics re-estimated on the clean training images
+    (labeled, then unlabeled; as the USB worker does)."""
+    import keras
+    import sklearn.metrics
+    import tensorflow as tf
+
+    from libml import data, methods
+    from libml.models import CLASS_HEAD
+    keras.mixed_precision.set_global_policy('float32')
+    method, _ = methods.build_from_run(run_dir, data_dir, mixed_precision=0)
+    method.checkpoint.restore(
+        tf.train.latest_checkpoint(os.path.join(run_dir, 'ckpt'))).expect_partial()
+
+    def arrays(split):
+        batches = list(data.eval_inputs(method.dataset, split, 256))
+        return (np.concatenate([b['image'].numpy() for b in batches]),
+                np.concatenate([b['soft_label'].numpy() for b in batches]).argmax(axis=1))
+    clean = np.concatenate([arrays('train')[0], arrays('unlabeled')[0]])
+    x_val, y_val = arrays('val')
+    result = {}
+    for name, model in (('raw_bn', method.model), ('ema_bn', method.ema_model)):
+        reestimate_bn_keras(model, clean)
+        predicted = np.concatenate([model(x_val[i:i + 500], training=False)[CLASS_HEAD].numpy()
+                                    .argmax(axis=1) for i in range(0, len(x_val), 500)])
+        result[name] = {'accuracy': float(np.mean(predicted == y_val)),
+                        'macro_f1': float(sklearn.metrics.f1_score(y_val, predicted,
+                                                                   average='macro'))}
+    return result
+
+
 def usb_result_path(seed, method, kimg, bn_momentum, out=OUT):
     return os.path.join(out, f'usb_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}.json')
+
+
+def ours_reestimated_path(seed, method, kimg, bn_momentum, out=OUT):
+    return os.path.join(out, f'ours_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}'
+                        '_reestimated.json')
+
+
+def ours_with_reestimated(seed, method, kimg, bn_momentum, ours_dir=OURS_DIR, out=OUT):
+    """``ours_result`` plus the re-estimated rows when they have been computed."""
+    ours = ours_result(seed, method, kimg, bn_momentum, ours_dir)
+    path = ours_reestimated_path(seed, method, kimg, bn_momentum, out)
+    if ours is not None and os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached.get('run') == ours['run']:
+            ours.update({model: cached[model] for model in ('raw_bn', 'ema_bn')})
+    return ours
 
 
 def run_all(args):
@@ -262,6 +368,14 @@ def run_all(args):
                                 args.ours_dir, '--extra', OURS_EXTRA.format(kimg=args.kimg,
                                                                    bn_momentum=args.bn_momentum)],
                                cwd=ROOT, check=True)
+                ours = ours_result(seed, method, args.kimg, args.bn_momentum, args.ours_dir)
+            path = ours_reestimated_path(seed, method, args.kimg, args.bn_momentum, args.out)
+            if 'ours' in args.sides and ours is not None and not os.path.exists(path):
+                print(f'[ours] {method} seed {seed}: batch-norm statistics re-estimated',
+                      flush=True)
+                run_dir = os.path.join(ROOT, args.ours_dir, f'cifar10n.{seed}@-1-10', ours['run'])
+                atomic_json(path, {'run': ours['run'],
+                                   **ours_reestimated(run_dir, args.data_dir)})
     table(args)
 
 
@@ -286,14 +400,16 @@ def table(args):
         for seed in args.seeds:
             usb_path = usb_result_path(seed, method, args.kimg, args.bn_momentum, args.out)
             usb = json.load(open(usb_path)) if os.path.exists(usb_path) else None
-            ours = ours_result(seed, method, args.kimg, args.bn_momentum, args.ours_dir)
+            ours = ours_with_reestimated(seed, method, args.kimg, args.bn_momentum,
+                                         args.ours_dir, args.out)
             per_seed.append({'method': method, 'seed': seed, 'ours': ours, 'usb': usb})
             for side, result in (('ours', ours), ('usb', usb)):
                 if result is not None:
                     results[side].append(result)
         for model in MODELS:
             rows.append({'method': method, 'model': model, **{
-                f'{side}_{metric}': _stats([r[model][metric] for r in results[side]])
+                f'{side}_{metric}': _stats([r[model][metric] for r in results[side]
+                                            if model in r])
                 for side in results for metric in ('accuracy', 'macro_f1')}})
     lines = ['| method | weights | ours accuracy | USB accuracy | ours macro F1 | USB macro F1 |',
              '|---|---|---|---|---|---|']
@@ -305,7 +421,8 @@ def table(args):
               'USB macro F1 |', '|---|---|---|---|---|---|---|']
     for x in per_seed:
         for model in MODELS:
-            cells = ['—' if x[side] is None else f'{100 * x[side][model][metric]:.2f}'
+            cells = ['—' if x[side] is None or model not in x[side]
+                     else f'{100 * x[side][model][metric]:.2f}'
                      for metric in ('accuracy', 'macro_f1') for side in ('ours', 'usb')]
             lines.append(f'| {x["method"]} | {x["seed"]} | {model} | ' + ' | '.join(cells) + ' |')
     text = '\n'.join(lines) + '\n'

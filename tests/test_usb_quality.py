@@ -41,8 +41,9 @@ def test_only_finished_runs_of_the_budget_count_and_the_table_averages_seeds(tmp
     assert seed_1['ema']['accuracy'] == 0.45
     args = argparse.Namespace(methods=['mean_teacher'], seeds=[1, 2, 3], kimg=24.0, out=out,
                               ours_dir=ours_dir, bn_momentum=0.99)
-    ema, raw = usb_quality.table(args)
+    ema, raw, ema_bn, raw_bn = usb_quality.table(args)
     assert (ema['model'], raw['model']) == ('ema', 'raw')
+    assert ema_bn['ours_accuracy']['seeds'] == raw_bn['usb_accuracy']['seeds'] == 0
     assert ema['ours_accuracy']['seeds'] == 2 and ema['usb_accuracy']['seeds'] == 3
     assert np.isclose(ema['ours_accuracy']['mean'], (0.45 + 0.41) / 2)
     assert np.isclose(ema['ours_accuracy']['std'], np.std([0.45, 0.41], ddof=1))
@@ -53,4 +54,39 @@ def test_only_finished_runs_of_the_budget_count_and_the_table_averages_seeds(tmp
         lines = f.read().splitlines()
     assert lines[2].startswith('| mean_teacher | ema | 43.00 ± 2.83 (2) | 43.33 ± 3.06 (3) |')
     assert '| mean_teacher | 3 | raw | — | 56.00 | — | 46.00 |' in lines
-    assert json.load(open(out + '.json'))['rows'] == [ema, raw]
+    assert '| mean_teacher | raw_bn | not run | not run | not run | not run |' in lines
+    assert json.load(open(out + '.json'))['rows'] == [ema, raw, ema_bn, raw_bn]
+
+
+def test_re_estimated_rows_count_only_for_the_run_they_were_computed_on(tmp_path):
+    ours_dir, out = str(tmp_path / 'ours'), str(tmp_path / 'usb')
+    os.makedirs(out)
+    write_run(ours_dir, 1, 'FixMatch_a', 24.0, [(24.0, 0.40, 0.38)])
+    write_run(ours_dir, 2, 'FixMatch_b', 24.0, [(24.0, 0.42, 0.40)])
+    for seed, run in ((1, 'FixMatch_a'), (2, 'FixMatch_old')):  # seed 2's is of a deleted run
+        with open(usb_quality.ours_reestimated_path(seed, 'fixmatch', 24.0, 0.99, out), 'w') as f:
+            json.dump({'run': run, 'raw_bn': {'accuracy': 0.46, 'macro_f1': 0.45},
+                       'ema_bn': {'accuracy': 0.47, 'macro_f1': 0.46}}, f)
+    args = argparse.Namespace(methods=['fixmatch'], seeds=[1, 2], kimg=24.0, out=out,
+                              ours_dir=ours_dir, bn_momentum=0.99)
+    ema, raw, ema_bn, raw_bn = usb_quality.table(args)
+    assert ema['ours_accuracy']['seeds'] == 2
+    assert raw_bn['ours_accuracy']['seeds'] == 1 and raw_bn['ours_accuracy']['mean'] == 0.46
+    assert ema_bn['ours_macro_f1']['mean'] == 0.46
+
+
+def test_batch_norm_statistics_are_re_estimated_as_the_mean_over_batches():
+    import keras
+    from libml import models
+    rng = np.random.default_rng(0)
+    images = rng.normal(3.0, 2.0, size=(70, 4, 4, 2)).astype(np.float32)
+    layer = models.FusedBatchNormalization(momentum=0.99)
+    model = keras.Sequential([keras.Input((4, 4, 2)), layer])
+    layer.moving_mean.assign([5.0, 5.0])  # whatever was there before must not count
+    usb_quality.reestimate_bn_keras(model, images, batch=32)
+    batches = [images[i:i + 32].reshape(-1, 2) for i in range(0, 70, 32)]  # 32, 32, 6 images
+    np.testing.assert_allclose(layer.moving_mean, np.mean([b.mean(0) for b in batches], 0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance,
+                               np.mean([b.var(0, ddof=1) for b in batches], 0), rtol=1e-4)
+    assert layer.momentum == 0.99
