@@ -2,7 +2,8 @@
 
 FixMatch's augmentations, named as in its ``--augment`` flag (``labeled.unlabeled1.unlabeled2``):
   ``x``    none;
-  ``d``    weak: random horizontal flip + translation by up to 1/8 of the size (reflect padding);
+  ``d``    weak: random horizontal flip + a shift by a whole number of pixels, up to 1/8 of the
+           size (FixMatch's pad-by-reflection-then-crop; no interpolation);
   ``rac``  strong: RandAugment (2 random ops per image) and cutout, then the weak flip + translation.
            RandAugment stands in for FixMatch's CTAugment, whose learned magnitudes need a feedback
            loop we do not reproduce.
@@ -130,6 +131,27 @@ def _unless_empty(op, images):
     return tf.cond(tf.shape(images)[0] > 0, lambda: op(images), lambda: images)
 
 
+class RandomShift:
+    """FixMatch's weak translation: pad each image by reflection (``tf.pad``'s REFLECT, edge pixel
+    not repeated) with 1/8 of its height and width, then crop the original size at an offset
+    drawn uniformly per image and axis from the whole numbers 0..2 * pad. Pixels are moved, never
+    resampled; Keras' ``RandomTranslation`` draws fractional shifts and interpolates, which blurs
+    every training image (and the evaluation images are not blurred)."""
+
+    def __init__(self, seed=None):
+        self.seed = keras.random.SeedGenerator(derived_seed(seed, 'shift'))
+
+    def __call__(self, images):
+        height, width = images.shape[1], images.shape[2]
+        pad_y, pad_x = height // 8, width // 8
+        padded = tf.pad(images, [[0, 0], [pad_y, pad_y], [pad_x, pad_x], [0, 0]], mode='REFLECT')
+        batch = tf.shape(images)[0]
+        dy = keras.random.randint((batch, 1), 0, 2 * pad_y + 1, dtype='int32', seed=self.seed)
+        dx = keras.random.randint((batch, 1), 0, 2 * pad_x + 1, dtype='int32', seed=self.seed)
+        rows = tf.gather(padded, dy + tf.range(height)[None], axis=1, batch_dims=1)
+        return tf.gather(rows, dx + tf.range(width)[None], axis=2, batch_dims=1)
+
+
 class Augmenter:
     """Applies one named augmentation to a batch, with random parameters per image."""
 
@@ -137,11 +159,8 @@ class Augmenter:
         self.name = name
         # A list, not keras.Sequential: a Sequential built under a mixed policy casts its inputs
         # to bf16 before the layers see them.
-        self.weak = [
-            keras.layers.RandomFlip('horizontal', seed=seed, dtype=AUGMENT_DTYPE),
-            keras.layers.RandomTranslation(0.125, 0.125, fill_mode='reflect', seed=seed,
-                                           dtype=AUGMENT_DTYPE),
-        ]
+        flip = keras.layers.RandomFlip('horizontal', seed=seed, dtype=AUGMENT_DTYPE)
+        self.weak = [lambda images: flip(images, training=True), RandomShift(seed=seed)]
         if name == 'rac':
             self.randaugment = RandAugment(num_ops=2, seed=seed)
             # Cutout: one erased box of up to a quarter of the image, filled with mid-grey.
@@ -155,8 +174,8 @@ class Augmenter:
         if self.name == 'rac':
             shape = images.shape
             images = self.cutout(tf.ensure_shape(self.randaugment(images), shape), training=True)
-        for layer in self.weak:
-            images = layer(images, training=True)
+        for op in self.weak:
+            images = op(images)
         return images
 
 

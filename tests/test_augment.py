@@ -108,3 +108,38 @@ def test_augmentation_ignores_the_networks_mixed_precision_policy(name):
     assert out.dtype == tf.float32 and out_in_graph.dtype == tf.float32
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-3)
     np.testing.assert_allclose(out_in_graph.numpy(), expected, atol=1e-3)
+
+
+def shifts_of(image, pad):
+    """Every crop FixMatch's weak shift can make of one image: {(dy, dx): crop}, in NumPy."""
+    size = image.shape[0]
+    padded = np.pad(image, [(pad, pad), (pad, pad), (0, 0)], mode='reflect')
+    return {(dy, dx): padded[dy:dy + size, dx:dx + size]
+            for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)}
+
+
+def test_weak_shift_moves_whole_pixels_with_reflection_uniformly_per_image():
+    # 600 distinct random images of 16 px: the shift pads by 2 and crops at offsets 0..4.
+    images = np.random.default_rng(8).integers(0, 256, (600, 16, 16, 3)).astype(np.float32)
+    out = tf.function(augment.RandomShift(seed=3))(tf.constant(images)).numpy()
+    offsets = []
+    for image, shifted in zip(images, out):
+        matches = [o for o, crop in shifts_of(image, 2).items() if np.array_equal(crop, shifted)]
+        assert len(matches) == 1, 'not a whole-pixel reflect-padded crop of its own image'
+        offsets.append(matches[0])
+    counts = np.zeros((5, 5))
+    for dy, dx in offsets:
+        counts[dy, dx] += 1
+    # Each axis uniform over 0..4 (120 expected per value) and the two axes drawn independently.
+    for axis_counts in (counts.sum(1), counts.sum(0)):
+        assert axis_counts.min() > 80 and axis_counts.max() < 160, axis_counts
+    assert counts.min() > 5
+
+
+def test_weak_augmentation_keeps_pixel_values_and_differs_per_image():
+    image = np.random.default_rng(9).integers(0, 256, (16, 16, 3)).astype(np.float32)
+    out = augment.Augmenter('d', seed=2)(tf.constant(np.stack([image] * 64))).numpy()
+    flipped = image[:, ::-1]
+    crops = list(shifts_of(image, 2).values()) + list(shifts_of(flipped, 2).values())
+    assert all(any(np.array_equal(o, c) for c in crops) for o in out)  # no interpolation
+    assert len({o.tobytes() for o in out}) > 20
