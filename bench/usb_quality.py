@@ -241,7 +241,7 @@ def export(seed, data_dir, out=OUT):
     split = {s: records.read_split_numpy(directory, s, NUM_CLASSES)
              for s in ('train', 'unlabeled', 'val')}
     os.makedirs(out, exist_ok=True)
-    tmp = path + '.tmp.npz'
+    tmp = f'{path}.tmp-{os.getpid()}.npz'  # two drivers (--sides usb / ours) may export at once
     np.savez(tmp, x_train=split['train']['image'], y_train=split['train']['label'],
              x_unlabeled=split['unlabeled']['image'], x_val=split['val']['image'],
              y_val=split['val']['soft_label'].argmax(axis=1),
