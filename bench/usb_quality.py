@@ -467,10 +467,17 @@ def main():
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f'unknown --methods {unknown}; choose from {sorted(METHODS)}')
-    if args.run:
-        run_all(args)
-    else:
-        table(args)
+    from libml.errors import DC3Error
+    try:
+        run_all(args) if args.run else table(args)
+    except DC3Error as e:  # e.g. CIFAR-10N not imported: one line, not a traceback
+        print(f'error: {e} (import CIFAR-10N first: ./generate_datasets.sh --cifar10n '
+              '../shared/data/CIFAR10N)', file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as e:
+        print(f'error: a training run failed (exit {e.returncode}): {" ".join(e.cmd)}',
+              file=sys.stderr)
+        return 1
     return 0
 
 
