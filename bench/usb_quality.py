@@ -333,14 +333,24 @@ def ours_reestimated_path(seed, method, kimg, bn_momentum, out=OUT):
                         '_reestimated.json')
 
 
+def run_identity(ours_dir, seed, run):
+    """What ties a cached re-estimate to one training of a run folder: its name and a digest of
+    its metrics.jsonl (a folder retrained under the same name gets other metrics)."""
+    import hashlib
+    path = os.path.join(ours_dir, f'cifar10n.{seed}@-1-10', run, 'metrics.jsonl')
+    with open(path, 'rb') as f:
+        return {'run': run, 'metrics_sha1': hashlib.sha1(f.read()).hexdigest()}
+
+
 def ours_with_reestimated(seed, method, kimg, bn_momentum, ours_dir=OURS_DIR, out=OUT):
-    """``ours_result`` plus the re-estimated rows when they have been computed."""
+    """``ours_result`` plus the re-estimated rows when they have been computed for this run."""
     ours = ours_result(seed, method, kimg, bn_momentum, ours_dir)
     path = ours_reestimated_path(seed, method, kimg, bn_momentum, out)
     if ours is not None and os.path.exists(path):
         with open(path) as f:
             cached = json.load(f)
-        if cached.get('run') == ours['run']:
+        identity = run_identity(os.path.join(ROOT, ours_dir), seed, ours['run'])
+        if all(cached.get(key) == value for key, value in identity.items()):
             ours.update({model: cached[model] for model in ('raw_bn', 'ema_bn')})
     return ours
 
@@ -369,13 +379,17 @@ def run_all(args):
                                                                    bn_momentum=args.bn_momentum)],
                                cwd=ROOT, check=True)
                 ours = ours_result(seed, method, args.kimg, args.bn_momentum, args.ours_dir)
-            path = ours_reestimated_path(seed, method, args.kimg, args.bn_momentum, args.out)
-            if 'ours' in args.sides and ours is not None and not os.path.exists(path):
+            if 'ours' in args.sides and ours is not None and not all(
+                    model in ours_with_reestimated(seed, method, args.kimg, args.bn_momentum,
+                                                   args.ours_dir, args.out)
+                    for model in ('raw_bn', 'ema_bn')):
                 print(f'[ours] {method} seed {seed}: batch-norm statistics re-estimated',
                       flush=True)
                 run_dir = os.path.join(ROOT, args.ours_dir, f'cifar10n.{seed}@-1-10', ours['run'])
-                atomic_json(path, {'run': ours['run'],
-                                   **ours_reestimated(run_dir, args.data_dir)})
+                atomic_json(ours_reestimated_path(seed, method, args.kimg, args.bn_momentum,
+                                                  args.out),
+                            {**run_identity(os.path.join(ROOT, args.ours_dir), seed, ours['run']),
+                             **ours_reestimated(run_dir, args.data_dir)})
     table(args)
 
 

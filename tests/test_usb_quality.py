@@ -58,14 +58,17 @@ def test_only_finished_runs_of_the_budget_count_and_the_table_averages_seeds(tmp
     assert json.load(open(out + '.json'))['rows'] == [ema, raw, ema_bn, raw_bn]
 
 
-def test_re_estimated_rows_count_only_for_the_run_they_were_computed_on(tmp_path):
+def test_re_estimated_rows_count_only_for_the_training_they_were_computed_on(tmp_path):
     ours_dir, out = str(tmp_path / 'ours'), str(tmp_path / 'usb')
     os.makedirs(out)
     write_run(ours_dir, 1, 'FixMatch_a', 24.0, [(24.0, 0.40, 0.38)])
     write_run(ours_dir, 2, 'FixMatch_b', 24.0, [(24.0, 0.42, 0.40)])
-    for seed, run in ((1, 'FixMatch_a'), (2, 'FixMatch_old')):  # seed 2's is of a deleted run
+    identity = {1: usb_quality.run_identity(ours_dir, 1, 'FixMatch_a'),
+                # seed 2's was computed on an earlier training of a folder of the same name
+                2: {'run': 'FixMatch_b', 'metrics_sha1': '0' * 40}}
+    for seed in (1, 2):
         with open(usb_quality.ours_reestimated_path(seed, 'fixmatch', 24.0, 0.99, out), 'w') as f:
-            json.dump({'run': run, 'raw_bn': {'accuracy': 0.46, 'macro_f1': 0.45},
+            json.dump({**identity[seed], 'raw_bn': {'accuracy': 0.46, 'macro_f1': 0.45},
                        'ema_bn': {'accuracy': 0.47, 'macro_f1': 0.46}}, f)
     args = argparse.Namespace(methods=['fixmatch'], seeds=[1, 2], kimg=24.0, out=out,
                               ours_dir=ours_dir, bn_momentum=0.99)
