@@ -57,7 +57,8 @@ identity (its loop and ``evaluate`` call ``.cuda(gpu)``), ``set_dataset`` return
 unregistered, the logger writes to stderr, and bench/usb_peer.py's placeholder modules stand in for
 packages ``import semilearn`` needs but the run never calls. The loop is USB's
 ``AlgorithmBase.train`` with its hooks (parameter update, EMA, evaluation, checkpoint, logging).
-A killed USB run restarts from its beginning (about a quarter of an hour here).
+A killed USB run restarts from its beginning (a FixMatch run takes 30-50 minutes on the 2-core
+EPYC, depending on what else runs).
 """
 import argparse
 import json
