@@ -4,7 +4,7 @@ FixMatch's augmentations, named as in its ``--augment`` flag (``labeled.unlabele
   ``x``    none;
   ``d``    weak: random horizontal flip + a shift by a whole number of pixels, up to 1/8 of the
            size (FixMatch's pad-by-reflection-then-crop; no interpolation);
-  ``rac``  strong: RandAugment (2 random ops per image) and cutout, then the weak flip + translation.
+  ``rac``  strong: RandAugment (2 random ops per image) and cutout, then the weak flip + shift.
            RandAugment stands in for FixMatch's CTAugment, whose learned magnitudes need a feedback
            loop we do not reproduce.
 Images are float32 in [0, 255] going in and out; normalisation to [-1, 1] happens afterwards.
