@@ -254,19 +254,21 @@ def export(seed, data_dir, out=OUT):
 def ours_result(seed, method, kimg, bn_momentum, ours_dir=OURS_DIR):
     """Final validation metrics (EMA and raw weights) of our run of ``kimg`` and
     ``bn_momentum``, or None when there is none that has finished."""
-    folder = os.path.join(ROOT, ours_dir, f'cifar10n.{seed}@-1-10')
+    from libml import run_files
+    folder = run_folder(ours_dir, seed)
     prefix = METHODS[method][1] + '_'
     if not os.path.isdir(folder):
         return None
     for run in sorted(os.listdir(folder)):
-        if not run.startswith(prefix):
+        args_path = os.path.join(folder, run, run_files.ARGS_FILE)
+        if not run.startswith(prefix) or not os.path.exists(args_path):
             continue
-        with open(os.path.join(folder, run, 'args.json')) as f:
+        with open(args_path) as f:
             run_args = json.load(f)
         if (run_args.get('train_kimg'), run_args.get('bn_momentum')) != (kimg, bn_momentum):
             continue
-        with open(os.path.join(folder, run, 'metrics.jsonl')) as f:
-            lines = [json.loads(line) for line in f if line.strip()]
+        # A run still training may have no metrics yet, or a last line cut short by a kill.
+        lines = run_files.read_metrics(os.path.join(folder, run))
         if lines and lines[-1]['kimg'] >= kimg:
             val = lines[-1]['splits']['val']
             return {'side': 'ours', 'method': method, 'seed': seed, 'run': run,
@@ -334,25 +336,37 @@ def ours_reestimated_path(seed, method, kimg, bn_momentum, out=OUT):
                         '_reestimated.json')
 
 
+def run_folder(ours_dir, seed, run=''):
+    """Our run folder ``run`` of data seed ``seed`` (or the seed's folder of runs)."""
+    return os.path.join(ROOT, ours_dir, f'cifar10n.{seed}@-1-10', run)
+
+
 def run_identity(ours_dir, seed, run):
     """What ties a cached re-estimate to one training of a run folder: its name and a digest of
     its metrics.jsonl (a folder retrained under the same name gets other metrics)."""
     import hashlib
-    path = os.path.join(ours_dir, f'cifar10n.{seed}@-1-10', run, 'metrics.jsonl')
-    with open(path, 'rb') as f:
+    with open(os.path.join(run_folder(ours_dir, seed, run), 'metrics.jsonl'), 'rb') as f:
         return {'run': run, 'metrics_sha1': hashlib.sha1(f.read()).hexdigest()}
+
+
+def cached_reestimate(ours, kimg, bn_momentum, ours_dir=OURS_DIR, out=OUT):
+    """The ``raw_bn`` / ``ema_bn`` rows computed for this training of ``ours``'s run, or None."""
+    path = ours_reestimated_path(ours['seed'], ours['method'], kimg, bn_momentum, out)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        cached = json.load(f)
+    identity = run_identity(ours_dir, ours['seed'], ours['run'])
+    if any(cached.get(key) != value for key, value in identity.items()):
+        return None
+    return {model: cached[model] for model in ('raw_bn', 'ema_bn')}
 
 
 def ours_with_reestimated(seed, method, kimg, bn_momentum, ours_dir=OURS_DIR, out=OUT):
     """``ours_result`` plus the re-estimated rows when they have been computed for this run."""
     ours = ours_result(seed, method, kimg, bn_momentum, ours_dir)
-    path = ours_reestimated_path(seed, method, kimg, bn_momentum, out)
-    if ours is not None and os.path.exists(path):
-        with open(path) as f:
-            cached = json.load(f)
-        identity = run_identity(os.path.join(ROOT, ours_dir), seed, ours['run'])
-        if all(cached.get(key) == value for key, value in identity.items()):
-            ours.update({model: cached[model] for model in ('raw_bn', 'ema_bn')})
+    if ours is not None:
+        ours.update(cached_reestimate(ours, kimg, bn_momentum, ours_dir, out) or {})
     return ours
 
 
@@ -380,17 +394,16 @@ def run_all(args):
                                                                    bn_momentum=args.bn_momentum)],
                                cwd=ROOT, check=True)
                 ours = ours_result(seed, method, args.kimg, args.bn_momentum, args.ours_dir)
-            if 'ours' in args.sides and ours is not None and not all(
-                    model in ours_with_reestimated(seed, method, args.kimg, args.bn_momentum,
-                                                   args.ours_dir, args.out)
-                    for model in ('raw_bn', 'ema_bn')):
+            if ('ours' in args.sides and ours is not None and
+                    cached_reestimate(ours, args.kimg, args.bn_momentum, args.ours_dir,
+                                      args.out) is None):
                 print(f'[ours] {method} seed {seed}: batch-norm statistics re-estimated',
                       flush=True)
-                run_dir = os.path.join(ROOT, args.ours_dir, f'cifar10n.{seed}@-1-10', ours['run'])
                 atomic_json(ours_reestimated_path(seed, method, args.kimg, args.bn_momentum,
                                                   args.out),
-                            {**run_identity(os.path.join(ROOT, args.ours_dir), seed, ours['run']),
-                             **ours_reestimated(run_dir, args.data_dir)})
+                            {**run_identity(args.ours_dir, seed, ours['run']),
+                             **ours_reestimated(run_folder(args.ours_dir, seed, ours['run']),
+                                                args.data_dir)})
     table(args)
 
 
@@ -486,7 +499,7 @@ def main():
     try:
         run_all(args) if args.run else table(args)
     except DC3Error as e:  # e.g. CIFAR-10N not imported: one line, not a traceback
-        print(f'error: {e} (import CIFAR-10N first: ./generate_datasets.sh --cifar10n '
+        print(f'error: {e} (CIFAR-10N is imported by ./generate_datasets.sh --cifar10n '
               '../shared/data/CIFAR10N)', file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as e:

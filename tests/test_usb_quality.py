@@ -93,3 +93,14 @@ def test_batch_norm_statistics_are_re_estimated_as_the_mean_over_batches():
     np.testing.assert_allclose(layer.moving_variance,
                                np.mean([b.var(0, ddof=1) for b in batches], 0), rtol=1e-4)
     assert layer.momentum == 0.99
+
+
+def test_a_run_still_training_or_cut_short_does_not_count(tmp_path):
+    ours_dir = str(tmp_path / 'ours')
+    write_run(ours_dir, 1, 'FixMatch_a', 24.0, [(8.0, 0.30, 0.28)])
+    with open(os.path.join(ours_dir, 'cifar10n.1@-1-10', 'FixMatch_a', 'metrics.jsonl'), 'a') as f:
+        f.write('{"kimg": 24.0, "spl')  # killed while appending the last report
+    os.makedirs(os.path.join(ours_dir, 'cifar10n.1@-1-10', 'FixMatch_b'))  # just created
+    write_run(ours_dir, 1, 'FixMatch_c', 24.0, [])                         # no report yet
+    os.remove(os.path.join(ours_dir, 'cifar10n.1@-1-10', 'FixMatch_c', 'metrics.jsonl'))
+    assert usb_quality.ours_result(1, 'fixmatch', 24.0, 0.99, ours_dir) is None
