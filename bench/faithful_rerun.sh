@@ -6,9 +6,10 @@
 #                                    the paper's DC3 and (Mean Teacher) --ambiguity_rank
 #                                    uncertainty, seeds 1-3, section 7's budget (24 kimg), DC3 runs
 #                                    first -> experiments/cifar10n_faithful
-#   bench/faithful_rerun.sh long     Mean Teacher and FixMatch (uratio 7), vanilla / DC3 /
-#                                    uncertainty, seed 1, LONG_KIMG (default 256) kimg with a report
-#                                    every 16 kimg -> experiments/cifar10n_long
+#   bench/faithful_rerun.sh long     Mean Teacher and FixMatch (uratio 1, as in table2 and
+#                                    section 7), vanilla / DC3 / uncertainty, seed 1, LONG_KIMG
+#                                    (default 256) kimg with a report every 16 kimg
+#                                    -> experiments/cifar10n_long
 #   bench/faithful_rerun.sh curves   F1, d and p_a's AUROC at every report of both series
 #                                    -> bench/out/faithful_{table2,long}/
 #   bench/faithful_rerun.sh relabel  issue #16: Mean Teacher vanilla / DC3 / uncertainty, seeds
@@ -58,7 +59,7 @@ case "${1:-}" in
     kimg="${LONG_KIMG:-256}"
     extra="$BASE --train_kimg $kimg --report_kimg 16 --save_kimg 16"
     ablation "$out" 1 mean_teacher dc3,dc3_uncertainty,baseline "$extra"
-    ablation "$out" 1 fixmatch dc3,dc3_uncertainty,baseline "$extra"
+    ablation "$out" 1 fixmatch dc3,dc3_uncertainty,baseline "$extra --uratio 1"
     "$PYTHON" scripts/report.py "$out" --split val --out "$out/tables"
     ;;
   relabel)
