@@ -284,7 +284,11 @@ def reestimate_bn_keras(model, images, batch=256):
     """Our counterpart of ``reestimate_bn_torch``: every batch norm's moving mean and variance of
     ``model`` (Keras, eager) become their average over the batches of ``images`` (normalised
     float32 [N, H, W, 3]), each batch weighted equally as torch's cumulative average does."""
-    norms = [layer for layer in model._flatten_layers()
+    def every_layer(layer):  # the layers of nested models too, through the public ``layers``
+        for inner in getattr(layer, 'layers', ()):
+            yield inner
+            yield from every_layer(inner)
+    norms = [layer for layer in every_layer(model)
              if hasattr(layer, 'moving_mean') and hasattr(layer, 'momentum')]
     momenta = [layer.momentum for layer in norms]
     for i, start in enumerate(range(0, len(images), batch)):

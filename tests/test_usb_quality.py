@@ -84,7 +84,8 @@ def test_batch_norm_statistics_are_re_estimated_as_the_mean_over_batches():
     rng = np.random.default_rng(0)
     images = rng.normal(3.0, 2.0, size=(70, 4, 4, 2)).astype(np.float32)
     layer = models.FusedBatchNormalization(momentum=0.99)
-    model = keras.Sequential([keras.Input((4, 4, 2)), layer])
+    inner = keras.Sequential([keras.Input((4, 4, 2)), layer])
+    model = keras.Sequential([keras.Input((4, 4, 2)), inner])  # found inside a nested model too
     layer.moving_mean.assign([5.0, 5.0])  # whatever was there before must not count
     usb_quality.reestimate_bn_keras(model, images, batch=32)
     batches = [images[i:i + 32].reshape(-1, 2) for i in range(0, 70, 32)]  # 32, 32, 6 images
