@@ -16,7 +16,9 @@ environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it
   experiments/cifar10n_usb_parity), then writes the table (``--table``).
 * ``--table``: bench/out/usb_quality.{md,json}: validation accuracy and macro F1, per seed and
   mean ± standard deviation, of the EMA weights (what both codebases evaluate) and of the live
-  ("raw") weights. The raw rows compare the training; the EMA rows also compare the averaging,
+  ("raw") weights, and ours − USB paired by seed (the same data slice) with a verdict:
+  ``ahead``, ``within noise`` (behind by no more than the larger of the two sides' seed-to-seed
+  standard deviations) or ``behind`` (``verdict``). The raw rows compare the training; the EMA rows also compare the averaging,
   which differs at short budgets: USB's decay is a fixed 0.999 from the first step (after 384
   steps its average still holds 0.999^384 = 68 % of the initial weights), ours warms up as
   min(0.999, (1 + t) / (10 + t)) (README, Differences, row 23).
@@ -417,6 +419,19 @@ def _stats(values):
             'std': float(values.std(ddof=1)) if len(values) > 1 else None}
 
 
+def verdict(difference, ours, usb):
+    """Is ours within noise of USB or better? ``difference``: the statistics of ours − USB over
+    the seeds both sides ran (the same data slice per seed); ``ours``, ``usb``: each side's
+    statistics over its seeds. The noise is the larger of the two sides' seed-to-seed standard
+    deviations: ``ahead`` when the mean difference is ≥ 0, ``within noise`` when it is behind by
+    no more than that noise, ``behind`` otherwise; fewer than two paired seeds can say nothing."""
+    if difference['seeds'] < 2 or ours['std'] is None or usb['std'] is None:
+        return 'too few seeds'
+    if difference['mean'] >= 0:
+        return 'ahead'
+    return 'within noise' if -difference['mean'] <= max(ours['std'], usb['std']) else 'behind'
+
+
 def _cell(stats):
     if not stats['seeds']:
         return 'not run'
@@ -439,16 +454,27 @@ def table(args):
                 if result is not None:
                     results[side].append(result)
         for model in MODELS:
-            rows.append({'method': method, 'model': model, **{
+            row = {'method': method, 'model': model, **{
                 f'{side}_{metric}': _stats([r[model][metric] for r in results[side]
                                             if model in r])
-                for side in results for metric in ('accuracy', 'macro_f1')}})
-    lines = ['| method | weights | ours accuracy | USB accuracy | ours macro F1 | USB macro F1 |',
-             '|---|---|---|---|---|---|']
+                for side in results for metric in ('accuracy', 'macro_f1')}}
+            pairs = [x for x in per_seed if x['method'] == method and
+                     all(x[side] is not None and model in x[side] for side in ('ours', 'usb'))]
+            for metric in ('accuracy', 'macro_f1'):
+                row[f'difference_{metric}'] = _stats(
+                    [x['ours'][model][metric] - x['usb'][model][metric] for x in pairs])
+                row[f'verdict_{metric}'] = verdict(row[f'difference_{metric}'],
+                                                   row[f'ours_{metric}'], row[f'usb_{metric}'])
+            rows.append(row)
+    lines = ['| method | weights | ours accuracy | USB accuracy | ours macro F1 | USB macro F1 | '
+             'ours − USB, paired by seed (accuracy / macro F1) | verdict (accuracy / macro F1) |',
+             '|---|---|---|---|---|---|---|---|']
     for row in rows:
         lines.append(f'| {row["method"]} | {row["model"]} | {_cell(row["ours_accuracy"])} | '
                      f'{_cell(row["usb_accuracy"])} | {_cell(row["ours_macro_f1"])} | '
-                     f'{_cell(row["usb_macro_f1"])} |')
+                     f'{_cell(row["usb_macro_f1"])} | {_cell(row["difference_accuracy"])} / '
+                     f'{_cell(row["difference_macro_f1"])} | {row["verdict_accuracy"]} / '
+                     f'{row["verdict_macro_f1"]} |')
     lines += ['', '| method | seed | weights | ours accuracy | USB accuracy | ours macro F1 | '
               'USB macro F1 |', '|---|---|---|---|---|---|---|']
     for x in per_seed:

@@ -54,8 +54,24 @@ def test_only_finished_runs_of_the_budget_count_and_the_table_averages_seeds(tmp
         lines = f.read().splitlines()
     assert lines[2].startswith('| mean_teacher | ema | 43.00 ± 2.83 (2) | 43.33 ± 3.06 (3) |')
     assert '| mean_teacher | 3 | raw | — | 56.00 | — | 46.00 |' in lines
-    assert '| mean_teacher | raw_bn | not run | not run | not run | not run |' in lines
+    assert ('| mean_teacher | raw_bn | not run | not run | not run | not run | not run / not run '
+            '| too few seeds / too few seeds |') in lines
     assert json.load(open(out + '.json'))['rows'] == [ema, raw, ema_bn, raw_bn]
+    # Paired by seed: only seeds 1 and 2 have both sides. EMA: ours 0.45, 0.41 against USB's
+    # 0.44, 0.40 -> +0.01 each; raw: 0.35, 0.31 against 0.54, 0.50 -> -0.19 each.
+    assert np.isclose(ema['difference_accuracy']['mean'], 0.01)
+    assert np.isclose(raw['difference_accuracy']['mean'], -0.19)
+    assert raw['difference_accuracy']['seeds'] == 2
+    assert (ema['verdict_accuracy'], raw['verdict_accuracy']) == ('ahead', 'behind')
+
+
+def test_behind_by_less_than_either_sides_seed_spread_is_within_noise():
+    stats = usb_quality._stats
+    ours, usb = stats([0.40, 0.44, 0.42]), stats([0.43, 0.44, 0.45])  # std 0.02 and 0.01
+    assert usb_quality.verdict(stats([-0.03, 0.0, -0.015]), ours, usb) == 'within noise'
+    assert usb_quality.verdict(stats([-0.03, -0.02, -0.02]), ours, usb) == 'behind'  # 0.0233
+    assert usb_quality.verdict(stats([0.01, -0.01, 0.0]), ours, usb) == 'ahead'
+    assert usb_quality.verdict(stats([-0.01]), stats([0.4]), stats([0.41])) == 'too few seeds'
 
 
 def test_re_estimated_rows_count_only_for_the_training_they_were_computed_on(tmp_path):
