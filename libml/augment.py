@@ -1,20 +1,24 @@
-"""Image augmentations built from Keras 3 preprocessing layers, applied to whole batches.
+"""Image augmentations on whole batches, with random parameters per image.
 
 FixMatch's augmentations, named as in its ``--augment`` flag (``labeled.unlabeled1.unlabeled2``):
   ``x``    none;
   ``d``    weak: random horizontal flip + a shift by a whole number of pixels, up to 1/8 of the
            size (FixMatch's pad-by-reflection-then-crop; no interpolation);
-  ``rac``  strong: RandAugment (2 random ops per image) and cutout, then the weak flip + shift.
-           RandAugment stands in for FixMatch's CTAugment, whose learned magnitudes need a feedback
-           loop we do not reproduce.
+  ``rac``  strong: the weak flip + shift, then FixMatch's RandAugment (two of fourteen ops per
+           image, each applied with probability 0.5 at a level drawn from 1..9, with the
+           magnitudes of FixMatch's ``third_party/auto_augment``), then a cutout of half the
+           image's side. It stands in for FixMatch's CTAugment, whose learned magnitudes need a
+           feedback loop we do not reproduce. The ops follow PIL's definitions (the library
+           FixMatch's run through), except that rotation and shear resample bilinearly where PIL
+           takes the nearest pixel (README, Differences, row 26).
 Images are float32 in [0, 255] going in and out; normalisation to [-1, 1] happens afterwards.
 
-Every augmentation draws its random parameters per image, but runs on a batch. Keras' own
-``RandAugment`` layer cannot do that: on a batch it picks the same two ops for every image, and per
-image it computes all eleven ops twice and keeps two (BENCHMARKS.md section 3). ``RandAugment``
-below uses the same eleven Keras ops with the same magnitudes, picks two per image, and sends each
-image only through the ops it picked.
+Keras' ``RandAugment`` layer picks the same ops for every image of a batch, and its magnitudes
+(``factor`` 0.5) are not FixMatch's: rotations of 0-180 degrees one way, shifts of up to half the
+image one way, 1-3-bit posterisation (our strong view until 2026-12-04; README, Differences,
+row 27). ``RandAugment`` below sends each image only through the ops it drew.
 """
+import math
 import zlib
 
 import keras
@@ -74,67 +78,203 @@ def derived_seed(seed, name):
     return None if seed is None else zlib.crc32(f'{seed}/{name}'.encode()) & 0x7fffffff
 
 
-def rand_augment_ops(factor=0.5, seed=None):
-    """The eleven ops of ``keras.layers.RandAugment(value_range=(0, 255), factor=factor)``, built
-    with the arguments that layer gives them; each takes and returns a batch.
+# FixMatch's RandAugment (its ``rac``: AugmentPoolRAMC in FixMatch's libml/augment.py, with the
+# ops and magnitudes of third_party/auto_augment/augmentations.py): per image, two ops drawn with
+# replacement from these fourteen, each applied with probability 0.5 at a level drawn from 1..9;
+# then cutout. Levels map to magnitudes as there (integer division where the original truncates).
+RA_LEVELS = (1, 10)   # np.random.randint(1, 10): 1..9
+RA_PROBABILITY = 0.5  # each drawn op is applied with this probability
+FILL = 127.5          # what the geometric ops uncover and cutout covers: 0 in [-1, 1], mid-grey
 
-    The geometric ones (shear, translation, rotation) interpolate bilinearly, as that layer does.
-    CTAugment's and USB's PIL ops sample the nearest pixel instead; that variant scored 1.6 points
-    lower on FixMatch (validation accuracy of the live weights with re-estimated batch-norm
-    statistics, CIFAR-10N seed 1, BENCHMARKS.md section 14), so the strong view keeps Keras'
-    sampling. The weak shift moves whole pixels (``RandomShift``)."""
-    factor = (0, factor)
-    value_range = (0, 255)
 
-    def kw(i):
-        return {'seed': derived_seed(seed, f'randaugment/op{i}'), 'dtype': AUGMENT_DTYPE}
+def _per_image(values):
+    """[B] -> [B, 1, 1, 1] float32, to scale or shift each image by its own value."""
+    return tf.reshape(tf.cast(values, tf.float32), [-1, 1, 1, 1])
 
-    layers = [
-        keras.layers.RandomShear(x_factor=factor, y_factor=factor, interpolation='bilinear', **kw(0)),
-        keras.layers.RandomTranslation(factor, factor, interpolation='bilinear', **kw(1)),
-        keras.layers.RandomRotation(factor, interpolation='bilinear', **kw(2)),
-        keras.layers.RandomBrightness(factor, value_range=value_range, **kw(3)),
-        keras.layers.RandomColorDegeneration(factor, value_range=value_range, **kw(4)),
-        keras.layers.RandomContrast(factor, value_range=value_range, **kw(5)),
-        keras.layers.RandomSharpness(factor, value_range=value_range, **kw(6)),
-        keras.layers.RandomPosterization(factor=max(1, int(8 * factor[1])),
-                                         value_range=value_range, **kw(7)),
-        keras.layers.Solarization(addition_factor=factor, threshold_factor=factor,
-                                  value_range=value_range, **kw(8)),
-        keras.layers.AutoContrast(value_range=value_range, dtype=AUGMENT_DTYPE),
-    ]
-    return [lambda images, layer=layer: layer(images, training=True) for layer in layers] + [
-        equalize]
+
+def enhance_factor(level):
+    """The factor of PIL's ImageEnhance ops at ``level``: 0.28 (level 1) to 1.72 (level 9)."""
+    return tf.cast(level, tf.float32) * 1.8 / 10 + 0.1
+
+
+def _blend(degenerate, images, factor):
+    """PIL's ``ImageEnhance``: ``degenerate + factor * (images - degenerate)``, clipped."""
+    return tf.clip_by_value(degenerate + _per_image(factor) * (images - degenerate), 0.0, 255.0)
+
+
+def grayscale(images):
+    """PIL's ``convert('L')``: ITU-R 601-2 luma, [B, H, W, 1]."""
+    return tf.reduce_sum(images * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+
+
+def brightness(images, level, sign):
+    return _blend(tf.zeros_like(images), images, enhance_factor(level))
+
+
+def color(images, level, sign):
+    return _blend(grayscale(images), images, enhance_factor(level))
+
+
+def contrast(images, level, sign):
+    # PIL blends with a flat image of the luma's mean, rounded to an integer.
+    mean = tf.floor(tf.reduce_mean(grayscale(images), axis=[1, 2, 3], keepdims=True) + 0.5)
+    return _blend(mean, images, enhance_factor(level))
+
+
+def sharpness(images, level, sign):
+    # PIL blends with the image filtered by its SMOOTH kernel; the one-pixel border stays as it is.
+    kernel = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, images.shape[-1], 1])
+    smooth = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], 'VALID')
+    smooth = tf.pad(smooth, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    height, width = images.shape[1], images.shape[2]
+    inner = tf.pad(tf.ones([height - 2, width - 2], tf.bool), [[1, 1], [1, 1]])
+    return _blend(tf.where(inner[None, :, :, None], smooth, images), images, enhance_factor(level))
+
+
+def solarize(images, level, sign):
+    """Pixels at or above 256 - level * 25.6 (231 at level 1, 26 at level 9) are inverted."""
+    threshold = _per_image(256 - (level * 256) // 10)
+    return tf.where(images >= threshold, 255.0 - images, images)
+
+
+def posterize(images, level, sign):
+    """Keeps the top 4 - level * 0.4 bits (4 bits at levels 1-2, down to 1 at levels 8-9)."""
+    step = _per_image(2 ** (8 - (4 - (level * 4) // 10)))
+    return tf.floor(images / step) * step
+
+
+def autocontrast(images, level, sign):
+    """Each channel of each image stretched to 0..255 (PIL's ``autocontrast``, no cut-off); a
+    channel with one value stays as it is."""
+    low = tf.reduce_min(images, axis=[1, 2], keepdims=True)
+    high = tf.reduce_max(images, axis=[1, 2], keepdims=True)
+    span = high - low
+    stretched = (images - low) * 255.0 / tf.where(span > 0, span, 1.0)
+    return tf.where(span > 0, stretched, images)
+
+
+def affine(images, transforms):
+    """Resamples each image bilinearly at the input positions ``transforms`` [B, 8] (a0..a2,
+    b0..b2, c0, c1: output (x, y) reads input ((a0 x + a1 y + a2) / k, (b0 x + b1 y + b2) / k),
+    k = c0 x + c1 y + 1, in pixel indices, as PIL's ``transform`` reads its coefficients);
+    positions outside the image read ``FILL``."""
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=tf.cast(transforms, tf.float32),
+        output_shape=tf.shape(images)[1:3], fill_value=FILL, interpolation='BILINEAR',
+        fill_mode='CONSTANT')
+
+
+def _affine_rows(batch, *columns):
+    """[batch, 8] transforms from six per-image columns (scalars broadcast), no projection."""
+    full = [tf.broadcast_to(tf.cast(c, tf.float32), [batch]) for c in columns]
+    return tf.stack(full + [tf.zeros([batch])] * 2, axis=1)
+
+
+def rotation_transforms(degrees, height, width):
+    """[B, 8] transforms rotating each image by ``degrees`` [B] about its centre."""
+    radians = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+    cos, sin = tf.cos(radians), tf.sin(radians)
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    return _affine_rows(tf.shape(radians)[0], cos, -sin, cx - cos * cx + sin * cy,
+                        sin, cos, cy - sin * cx - cos * cy)
+
+
+def rotate(images, level, sign):
+    """3 * level degrees (3 to 27), either way."""
+    degrees = sign * tf.cast(3 * level, tf.float32)
+    return affine(images, rotation_transforms(degrees, images.shape[1], images.shape[2]))
+
+
+def shear_x(images, level, sign):
+    """Row y slides by ``v * (y + 0.5)`` pixels (PIL measures from the top edge, not the first
+    pixel's centre), v = level * 0.03 (0.03 to 0.27), either way."""
+    v = sign * tf.cast(level, tf.float32) * 0.03
+    return affine(images, _affine_rows(tf.shape(v)[0], 1.0, v, 0.5 * v, 0.0, 1.0, 0.0))
+
+
+def shear_y(images, level, sign):
+    v = sign * tf.cast(level, tf.float32) * 0.03
+    return affine(images, _affine_rows(tf.shape(v)[0], 1.0, 0.0, 0.0, v, 1.0, 0.5 * v))
+
+
+def translate_x(images, level, sign):
+    """``level`` pixels of a 32-pixel image (1 to 9; scaled with the width), either way."""
+    shift = sign * tf.cast(level, tf.float32) * (images.shape[2] / 32.0)
+    return affine(images, _affine_rows(tf.shape(shift)[0], 1.0, 0.0, shift, 0.0, 1.0, 0.0))
+
+
+def translate_y(images, level, sign):
+    shift = sign * tf.cast(level, tf.float32) * (images.shape[1] / 32.0)
+    return affine(images, _affine_rows(tf.shape(shift)[0], 1.0, 0.0, 0.0, 0.0, 1.0, shift))
+
+
+def identity(images, level, sign):
+    return images
+
+
+def _equalize(images, level, sign):
+    return equalize(images)
+
+
+# FixMatch's RANDOM_POLICY_OPS, in its order; each op(images [B, H, W, C] in [0, 255],
+# level [B] int32 in 1..9, sign [B] float32 of +-1) -> images.
+RAND_AUGMENT_OPS = (identity, autocontrast, _equalize, rotate, solarize, color, contrast,
+                    brightness, sharpness, shear_x, translate_x, translate_y, posterize, shear_y)
 
 
 class RandAugment:
-    """``num_ops`` ops per image, each drawn uniformly (with replacement) from ``ops``, applied in
-    turn; each op sees only the images that drew it, in one batch."""
+    """``num_ops`` ops per image, each drawn uniformly (with replacement) from ``ops`` and applied
+    with ``probability`` at its own level and sign, in turn; each op sees only the images that
+    drew it, in one batch."""
 
-    def __init__(self, num_ops=2, ops=None, seed=None):
-        self.num_ops = num_ops
-        self.ops = ops if ops is not None else rand_augment_ops(seed=seed)
-        self.choice_seed = keras.random.SeedGenerator(derived_seed(seed, 'randaugment/choice'))
+    def __init__(self, num_ops=2, ops=RAND_AUGMENT_OPS, probability=RA_PROBABILITY, seed=None):
+        self.num_ops, self.ops, self.probability = num_ops, tuple(ops), probability
+        self.seed = keras.random.SeedGenerator(derived_seed(seed, 'randaugment'))
 
     def __call__(self, images):
-        choices = keras.random.randint((self.num_ops, tf.shape(images)[0]), 0, len(self.ops),
-                                       seed=self.choice_seed)
-        return self.apply(images, choices)
+        shape = (self.num_ops, tf.shape(images)[0])
+        choices = keras.random.randint(shape, 0, len(self.ops), seed=self.seed)
+        applied = keras.random.uniform(shape, seed=self.seed) < self.probability
+        levels = keras.random.randint(shape, *RA_LEVELS, seed=self.seed)
+        signs = tf.where(keras.random.uniform(shape, seed=self.seed) < 0.5, -1.0, 1.0)
+        return self.apply(images, tf.where(applied, choices, len(self.ops)), levels, signs)
 
-    def apply(self, images, choices):
-        """images [B, H, W, C]; choices [num_ops, B]: the op index of each step and image."""
+    def apply(self, images, choices, levels, signs):
+        """images [B, H, W, C]; choices, levels, signs [num_ops, B]: the op index (``len(ops)``:
+        none), its level and sign for each step and image."""
         positions = tf.range(tf.shape(images)[0])
+        parts = len(self.ops) + 1  # the last part: images that skip this step
         for step in range(self.num_ops):
-            parts = tf.dynamic_partition(images, choices[step], len(self.ops))
-            where = tf.dynamic_partition(positions, choices[step], len(self.ops))
-            images = tf.dynamic_stitch(where, [_unless_empty(op, part)
-                                               for op, part in zip(self.ops, parts)])
+            split = [tf.dynamic_partition(x, choices[step], parts)
+                     for x in (images, levels[step], signs[step], positions)]
+            outputs = [_unless_empty(op, *args) for op, *args in zip(self.ops, *split[:3])]
+            images = tf.dynamic_stitch(split[3], outputs + [split[0][-1]])
         return images
 
 
-def _unless_empty(op, images):
-    """op(images), or images when there are none (some Keras ops fail on an empty batch)."""
-    return tf.cond(tf.shape(images)[0] > 0, lambda: op(images), lambda: images)
+def _unless_empty(op, images, level, sign):
+    """op(images, level, sign), or images when there are none."""
+    return tf.cond(tf.shape(images)[0] > 0, lambda: op(images, level, sign), lambda: images)
+
+
+class Cutout:
+    """FixMatch's cutout (``cutout_numpy``, 16 pixels at 32): a square of half the image's side
+    centred on a pixel drawn uniformly per image, cut off at the borders, filled with ``FILL``."""
+
+    def __init__(self, seed=None):
+        self.seed = keras.random.SeedGenerator(derived_seed(seed, 'cutout'))
+
+    def __call__(self, images):
+        height, width = images.shape[1], images.shape[2]
+        half = min(height, width) // 4  # rows centre - half .. centre + half - 1
+        batch = tf.shape(images)[0]
+        cy = keras.random.randint((batch, 1), 0, height, dtype='int32', seed=self.seed)
+        cx = keras.random.randint((batch, 1), 0, width, dtype='int32', seed=self.seed)
+        rows = (tf.range(height)[None] >= cy - half) & (tf.range(height)[None] < cy + half)
+        cols = (tf.range(width)[None] >= cx - half) & (tf.range(width)[None] < cx + half)
+        box = rows[:, :, None] & cols[:, None, :]
+        return tf.where(box[..., None], FILL, images)
 
 
 class RandomShift:
@@ -166,21 +306,14 @@ class Augmenter:
         # A list, not keras.Sequential: a Sequential built under a mixed policy casts its inputs
         # to bf16 before the layers see them.
         flip = keras.layers.RandomFlip('horizontal', seed=seed, dtype=AUGMENT_DTYPE)
-        self.weak = [lambda images: flip(images, training=True), RandomShift(seed=seed)]
-        if name == 'rac':
-            self.randaugment = RandAugment(num_ops=2, seed=seed)
-            # Cutout: one erased box of up to a quarter of the image, filled with mid-grey.
-            self.cutout = keras.layers.RandomErasing(factor=1.0, scale=(0.02, 0.25),
-                                                     fill_value=127.5, value_range=(0, 255),
-                                                     seed=seed, dtype=AUGMENT_DTYPE)
+        self.ops = [lambda images: flip(images, training=True), RandomShift(seed=seed)]
+        if name == 'rac':  # FixMatch's order: the weak flip + shift, RandAugment, cutout
+            self.ops += [RandAugment(num_ops=2, seed=seed), Cutout(seed=seed)]
 
     def __call__(self, images):
         if self.name == 'x':
             return images
-        if self.name == 'rac':
-            shape = images.shape
-            images = self.cutout(tf.ensure_shape(self.randaugment(images), shape), training=True)
-        for op in self.weak:
+        for op in self.ops:
             images = op(images)
         return images
 

@@ -1,22 +1,26 @@
-"""The batched strong augmentation (libml/augment.py): per-image randomness on whole batches.
+"""The batched augmentations (libml/augment.py): per-image randomness on whole batches.
 
-Keras' RandAugment layer picks one pair of ops per batch, so the project applies its ops itself;
-these tests check that each image gets its own ops, in order, that the histogram equalisation is
-per image as Keras computes it for one image, and that the real ops survive any part size.
+The strong view is FixMatch's RandAugment: its ops are checked against PIL (the library FixMatch's
+ops call) at every level, the draws (op, whether it applies, level, sign) against their
+distributions, and each image against the ops it drew. The weak shift is checked against NumPy's
+padded crops; the histogram equalisation per image against Keras' for one image.
 """
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image, ImageEnhance, ImageOps
 
 from libml import augment
 
-NUM_OPS = 11
+NUM_OPS = len(augment.RAND_AUGMENT_OPS)  # 14, FixMatch's RANDOM_POLICY_OPS
+SKIP = NUM_OPS                           # the choice of an image that skips a step
+LEVELS = np.arange(1, 10, dtype=np.int32)
 
 
 def fake_ops(count=NUM_OPS):
     # op k: x -> 16 x + k, so two steps give 256 x + 16 k1 + k2: both choices can be read back.
-    return [lambda x, k=k: 16.0 * x + k for k in range(count)]
+    return [lambda x, level, sign, k=k: 16.0 * x + k for k in range(count)]
 
 
 def test_equalize_is_per_image_as_keras_equalizes_one_image():
@@ -37,21 +41,54 @@ def test_equalize_is_per_image_as_keras_equalizes_one_image():
 def test_each_image_goes_through_the_ops_it_drew_in_order():
     rand_augment = augment.RandAugment(num_ops=2, ops=fake_ops())
     x = np.arange(6, dtype=np.float32).reshape(6, 1, 1, 1)
-    choices = np.array([[0, 3, 10, 3, 7, 1], [5, 5, 0, 10, 7, 2]], dtype=np.int32)
-    got = rand_augment.apply(tf.constant(x), tf.constant(choices)).numpy()
-    expected = 256 * x[:, 0, 0, 0] + 16 * choices[0] + choices[1]
-    np.testing.assert_array_equal(got[:, 0, 0, 0], expected)
+    choices = np.array([[0, 3, 13, SKIP, 7, 1], [5, SKIP, 0, 13, 7, 2]], dtype=np.int32)
+    ones = np.ones((2, 6), np.int32)
+    got = rand_augment.apply(tf.constant(x), tf.constant(choices), tf.constant(ones),
+                             tf.constant(ones.astype(np.float32))).numpy()[:, 0, 0, 0]
+    expected = x[:, 0, 0, 0].copy()
+    for step in range(2):
+        applied = choices[step] != SKIP
+        expected = np.where(applied, 16 * expected + choices[step], expected)
+    np.testing.assert_array_equal(got, expected)
 
 
-def test_ops_are_drawn_per_image_uniformly_and_independently_per_step():
-    rand_augment = augment.RandAugment(num_ops=2, ops=fake_ops(), seed=0)
-    out = rand_augment(tf.zeros([2200, 1, 1, 1])).numpy().astype(int)[:, 0, 0, 0]
+def test_each_op_gets_the_level_and_sign_of_its_images():
+    record = [lambda x, level, sign: x + tf.reshape(tf.cast(level, tf.float32) * sign,
+                                                    [-1, 1, 1, 1])]
+    rand_augment = augment.RandAugment(num_ops=1, ops=record)
+    levels, signs = np.array([[3, 9, 1, 5]], np.int32), np.array([[1, -1, -1, 1]], np.float32)
+    choices = np.array([[0, 0, SKIP - NUM_OPS + 1, 0]], np.int32)  # image 2 skips (index 1 here)
+    got = rand_augment.apply(tf.zeros([4, 1, 1, 1]), tf.constant(choices), tf.constant(levels),
+                             tf.constant(signs)).numpy()[:, 0, 0, 0]
+    np.testing.assert_array_equal(got, [3, -9, 0, 5])
+
+
+def test_draws_follow_fixmatch_op_uniform_applied_half_the_time_level_1_to_9_either_sign():
+    # op k writes 1000 + 100 k + 10 level + (sign > 0); an image that skips keeps its 0.
+    ops = [lambda x, level, sign, k=k: x + tf.reshape(
+        1000.0 + 100 * k + 10 * tf.cast(level, tf.float32) + tf.cast(sign > 0, tf.float32),
+        [-1, 1, 1, 1]) for k in range(NUM_OPS)]
+    out = augment.RandAugment(num_ops=1, ops=ops, seed=0)(tf.zeros([14000, 1, 1, 1]))
+    out = out.numpy()[:, 0, 0, 0].astype(int)
+    applied = out > 0
+    assert 0.47 < applied.mean() < 0.53                            # probability 0.5
+    code = out[applied] - 1000
+    ops_drawn, levels, positive = code // 100, code % 100 // 10, code % 10
+    assert set(ops_drawn) == set(range(NUM_OPS)) and set(levels) == set(range(1, 10))
+    assert np.bincount(ops_drawn).min() > 400 and np.bincount(ops_drawn).max() < 600  # 500
+    assert np.bincount(levels)[1:].min() > 680 and np.bincount(levels)[1:].max() < 880  # 778
+    assert 0.47 < positive.mean() < 0.53
+
+
+def test_two_steps_draw_their_ops_independently():
+    rand_augment = augment.RandAugment(num_ops=2, ops=fake_ops(), probability=1.0, seed=0)
+    out = rand_augment(tf.zeros([2800, 1, 1, 1])).numpy().astype(int)[:, 0, 0, 0]
     first, second = out // 16, out % 16
     for drawn in (first, second):
         counts = np.bincount(drawn, minlength=NUM_OPS)
         assert len(counts) == NUM_OPS  # nothing outside the op list
-        assert counts.min() > 100 and counts.max() < 300  # 200 expected each
-    assert 0.05 < np.mean(first == second) < 0.15  # 1/11 if the steps draw independently
+        assert counts.min() > 130 and counts.max() < 270  # 200 expected each
+    assert 0.04 < np.mean(first == second) < 0.11  # 1/14 if the steps draw independently
 
 
 def test_seeded_rand_augment_repeats_and_other_seeds_differ():
@@ -66,13 +103,105 @@ def test_seeded_rand_augment_repeats_and_other_seeds_differ():
 
 @pytest.mark.parametrize('batch', [0, 1, 5])
 def test_every_real_op_takes_any_part_size_and_keeps_the_value_range(batch):
-    images = tf.constant(np.random.default_rng(2).uniform(0, 255, (batch, 8, 8, 3)), tf.float32)
+    rng = np.random.default_rng(2)
+    images = tf.constant(rng.uniform(0, 255, (batch, 8, 8, 3)), tf.float32)
+    levels = tf.constant(rng.integers(1, 10, (1, batch)), tf.int32)
+    signs = tf.constant(rng.choice([-1.0, 1.0], (1, batch)), tf.float32)
     rand_augment = augment.RandAugment(num_ops=1, seed=3)
     for k in range(NUM_OPS):  # every image through op k (the others get none)
-        out = rand_augment.apply(images, tf.fill([1, batch], k)).numpy()
+        out = rand_augment.apply(images, tf.fill([1, batch], k), levels, signs).numpy()
         assert out.shape == (batch, 8, 8, 3)
         if batch:
             assert out.min() >= -1e-3 and out.max() <= 255 + 1e-3
+
+
+def pil_images(count=9, height=12, width=10, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3)).astype(np.uint8)
+
+
+def run_op(op, images, levels, signs=None):
+    signs = np.ones(len(levels), np.float32) if signs is None else signs
+    return op(tf.constant(images.astype(np.float32)), tf.constant(levels, tf.int32),
+              tf.constant(signs, tf.float32)).numpy()
+
+
+def pil_op(images, levels, f):
+    return np.stack([np.asarray(f(Image.fromarray(x), int(level))).astype(np.float32)
+                     for x, level in zip(images, levels)])
+
+
+def enhance(level):  # FixMatch's _enhancer_impl: float_parameter(level, 1.8) + 0.1
+    return level * 1.8 / 10 + 0.1
+
+
+@pytest.mark.parametrize('name,pil', [
+    ('brightness', lambda x, level: ImageEnhance.Brightness(x).enhance(enhance(level))),
+    ('color', lambda x, level: ImageEnhance.Color(x).enhance(enhance(level))),
+    ('contrast', lambda x, level: ImageEnhance.Contrast(x).enhance(enhance(level))),
+    ('sharpness', lambda x, level: ImageEnhance.Sharpness(x).enhance(enhance(level))),
+    ('autocontrast', lambda x, level: ImageOps.autocontrast(x)),
+    ('solarize', lambda x, level: ImageOps.solarize(x, 256 - int(level * 256 / 10))),
+    ('posterize', lambda x, level: ImageOps.posterize(x, 4 - int(level * 4 / 10))),
+])
+def test_photometric_ops_match_pil_at_every_level(name, pil):
+    images = pil_images()
+    images[0, ..., 2] = 77  # a flat channel (autocontrast leaves it)
+    got = run_op(getattr(augment, name), images, LEVELS)
+    # PIL rounds to 8 bits after each of its steps; ours stays in float32
+    np.testing.assert_allclose(got, pil_op(images, LEVELS, pil), atol=1.5)
+
+
+@pytest.mark.parametrize('sign', [1.0, -1.0])
+@pytest.mark.parametrize('name,pil', [
+    ('rotate', lambda x, v: x.rotate(3 * v, resample=Image.BILINEAR, fillcolor=(127,) * 3)),
+    ('shear_x', lambda x, v: x.transform(x.size, Image.AFFINE, (1, 0.03 * v, 0, 0, 1, 0),
+                                         resample=Image.BILINEAR, fillcolor=(127,) * 3)),
+    ('shear_y', lambda x, v: x.transform(x.size, Image.AFFINE, (1, 0, 0, 0.03 * v, 1, 0),
+                                         resample=Image.BILINEAR, fillcolor=(127,) * 3)),
+])
+def test_geometric_ops_match_pil_bilinear_away_from_the_border(name, pil, sign):
+    # FixMatch's level -> magnitude: rotate int_parameter(level, 30) degrees, shear
+    # float_parameter(level, 0.3), each with a random sign. Where PIL fills near the border
+    # its rule differs from TensorFlow's; inside, both sample the same positions.
+    images = pil_images(height=16, width=16)
+    got = run_op(getattr(augment, name), images, LEVELS, np.full(9, sign, np.float32))
+    expected = pil_op(images, LEVELS, lambda x, level: pil(x, sign * level))
+    np.testing.assert_allclose(got[:, 5:-5, 5:-5], expected[:, 5:-5, 5:-5], atol=1.01)
+
+
+def test_translations_move_whole_pixels_at_32_pixels_and_fill_with_grey():
+    images = pil_images(height=32, width=32).astype(np.float32)
+    signs = np.array([1, -1] * 4 + [1], np.float32)
+    for name, axis in (('translate_x', 2), ('translate_y', 1)):
+        got = run_op(getattr(augment, name), images, LEVELS, signs)
+        for i, (level, sign) in enumerate(zip(LEVELS, signs)):
+            shift = int(level * sign)  # output pixel p reads input pixel p + shift
+            expected = np.full_like(images[i], augment.FILL)
+            source = [slice(None)] * 3
+            target = [slice(None)] * 3
+            source[axis - 1] = slice(max(shift, 0), 32 + min(shift, 0))
+            target[axis - 1] = slice(max(-shift, 0), 32 - max(shift, 0))
+            expected[tuple(target)] = images[i][tuple(source)]
+            np.testing.assert_allclose(got[i], expected, atol=1e-3)
+
+
+def test_cutout_is_a_grey_square_of_half_the_side_centred_uniformly_and_cut_at_borders():
+    images = np.zeros((4000, 32, 32, 1), np.float32)
+    out = augment.Cutout(seed=0)(tf.constant(images)).numpy()[..., 0]
+    grey = out == augment.FILL
+    assert np.isin(out, [0.0, augment.FILL]).all()
+    starts = []
+    for box in grey:
+        rows, cols = np.flatnonzero(box.any(1)), np.flatnonzero(box.any(0))
+        assert box.sum() == len(rows) * len(cols)  # a rectangle
+        for extent in (rows, cols):  # [centre - 8, centre + 8) cut at 0 and 32
+            assert extent.size == min(32, extent[0] + 16) - extent[0] or extent[0] == 0
+            assert extent.size <= 16
+        starts.append(rows[0])
+    # the centre is uniform on 0..31, so a box starts at row 0 for centres 0..8 (9 / 32)
+    starts = np.array(starts)
+    assert 0.24 < np.mean(starts == 0) < 0.32
+    assert 0.02 < np.mean(starts == 10) < 0.045  # centre 18 alone: 1 / 32
 
 
 def test_strong_augmenter_changes_every_image_differently():
