@@ -337,9 +337,12 @@ def usb_result_path(seed, method, kimg, bn_momentum, out=OUT):
     return os.path.join(out, f'usb_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}.json')
 
 
-def ours_reestimated_path(seed, method, kimg, bn_momentum, out=OUT):
+def ours_reestimated_path(seed, method, kimg, bn_momentum, out=OUT, ours_dir=OURS_DIR):
+    """Where the re-estimated rows of our run are cached; runs of another ``--ours_dir`` (e.g. a
+    variant of the code under test) get their own file."""
+    tag = '' if os.path.normpath(ours_dir) == OURS_DIR else f'.{os.path.basename(ours_dir)}'
     return os.path.join(out, f'ours_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}'
-                        '_reestimated.json')
+                        f'_reestimated{tag}.json')
 
 
 def run_folder(ours_dir, seed, run=''):
@@ -357,7 +360,7 @@ def run_identity(ours_dir, seed, run):
 
 def cached_reestimate(ours, kimg, bn_momentum, ours_dir=OURS_DIR, out=OUT):
     """The ``raw_bn`` / ``ema_bn`` rows computed for this training of ``ours``'s run, or None."""
-    path = ours_reestimated_path(ours['seed'], ours['method'], kimg, bn_momentum, out)
+    path = ours_reestimated_path(ours['seed'], ours['method'], kimg, bn_momentum, out, ours_dir)
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -406,7 +409,7 @@ def run_all(args):
                 print(f'[ours] {method} seed {seed}: batch-norm statistics re-estimated',
                       flush=True)
                 atomic_json(ours_reestimated_path(seed, method, args.kimg, args.bn_momentum,
-                                                  args.out),
+                                                  args.out, args.ours_dir),
                             {**run_identity(args.ours_dir, seed, ours['run']),
                              **ours_reestimated(run_folder(args.ours_dir, seed, ours['run']),
                                                 args.data_dir)})

@@ -83,7 +83,8 @@ def test_re_estimated_rows_count_only_for_the_training_they_were_computed_on(tmp
                 # seed 2's was computed on an earlier training of a folder of the same name
                 2: {'run': 'FixMatch_b', 'metrics_sha1': '0' * 40}}
     for seed in (1, 2):
-        with open(usb_quality.ours_reestimated_path(seed, 'fixmatch', 24.0, 0.99, out), 'w') as f:
+        with open(usb_quality.ours_reestimated_path(seed, 'fixmatch', 24.0, 0.99, out, ours_dir),
+                  'w') as f:
             json.dump({**identity[seed], 'raw_bn': {'accuracy': 0.46, 'macro_f1': 0.45},
                        'ema_bn': {'accuracy': 0.47, 'macro_f1': 0.46}}, f)
     args = argparse.Namespace(methods=['fixmatch'], seeds=[1, 2], kimg=24.0, out=out,
@@ -92,6 +93,11 @@ def test_re_estimated_rows_count_only_for_the_training_they_were_computed_on(tmp
     assert ema['ours_accuracy']['seeds'] == 2
     assert raw_bn['ours_accuracy']['seeds'] == 1 and raw_bn['ours_accuracy']['mean'] == 0.46
     assert ema_bn['ours_macro_f1']['mean'] == 0.46
+    # each --ours_dir caches its own rows; the default folder keeps the plain name
+    assert usb_quality.ours_reestimated_path(1, 'fixmatch', 24.0, 0.99, out).endswith(
+        'ours_fixmatch_seed1_kimg24_bn0.99_reestimated.json')
+    assert usb_quality.ours_reestimated_path(1, 'fixmatch', 24.0, 0.99, out, ours_dir) != \
+        usb_quality.ours_reestimated_path(1, 'fixmatch', 24.0, 0.99, out)
 
 
 def test_batch_norm_statistics_are_re_estimated_as_the_mean_over_batches():
