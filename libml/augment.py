@@ -133,7 +133,7 @@ def sharpness(images, level, sign):
 
 
 def solarize(images, level, sign):
-    """Pixels at or above 256 - level * 25.6 (231 at level 1, 26 at level 9) are inverted."""
+    """Pixels at or above 256 - floor(25.6 * level) (231 at level 1, 26 at level 9) invert."""
     threshold = _per_image(256 - (level * 256) // 10)
     return tf.where(images >= threshold, 255.0 - images, images)
 
