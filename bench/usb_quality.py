@@ -18,10 +18,10 @@ environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it
   mean ± standard deviation, of the EMA weights (what both codebases evaluate) and of the live
   ("raw") weights, and ours − USB paired by seed (the same data slice) with a verdict:
   ``ahead``, ``within noise`` (behind by no more than the larger of the two sides' seed-to-seed
-  standard deviations) or ``behind`` (``verdict``). The raw rows compare the training; the EMA rows also compare the averaging,
-  which differs at short budgets: USB's decay is a fixed 0.999 from the first step (after 384
-  steps its average still holds 0.999^384 = 68 % of the initial weights), ours warms up as
-  min(0.999, (1 + t) / (10 + t)) (README, Differences, row 23).
+  standard deviations) or ``behind`` (``verdict``). The raw rows compare the training; the EMA
+  rows also compare the averaging, which differs at short budgets: USB's decay is a fixed 0.999
+  from the first step (after 384 steps its average still holds 0.999^384 = 68 % of the initial
+  weights), ours warms up as min(0.999, (1 + t) / (10 + t)) (README, Differences, row 23).
   The ``ema_bn`` and ``raw_bn`` rows evaluate the same weights after re-estimating every batch
   norm's statistics on the clean training images (labeled + unlabeled, one pass, batches of 256,
   each batch weighted equally: torch's cumulative average, ``reestimate_bn_keras`` on our side).
@@ -340,7 +340,8 @@ def usb_result_path(seed, method, kimg, bn_momentum, out=OUT):
 def ours_reestimated_path(seed, method, kimg, bn_momentum, out=OUT, ours_dir=OURS_DIR):
     """Where the re-estimated rows of our run are cached; runs of another ``--ours_dir`` (e.g. a
     variant of the code under test) get their own file."""
-    tag = '' if os.path.normpath(ours_dir) == OURS_DIR else f'.{os.path.basename(ours_dir)}'
+    ours_dir = os.path.normpath(ours_dir)
+    tag = '' if ours_dir == OURS_DIR else f'.{os.path.basename(ours_dir)}'
     return os.path.join(out, f'ours_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}'
                         f'_reestimated{tag}.json')
 
