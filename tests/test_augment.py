@@ -57,7 +57,7 @@ def test_each_op_gets_the_level_and_sign_of_its_images():
                                                     [-1, 1, 1, 1])]
     rand_augment = augment.RandAugment(num_ops=1, ops=record)
     levels, signs = np.array([[3, 9, 1, 5]], np.int32), np.array([[1, -1, -1, 1]], np.float32)
-    choices = np.array([[0, 0, SKIP - NUM_OPS + 1, 0]], np.int32)  # image 2 skips (index 1 here)
+    choices = np.array([[0, 0, 1, 0]], np.int32)  # 1 = len(ops): image 2 skips the step
     got = rand_augment.apply(tf.zeros([4, 1, 1, 1]), tf.constant(choices), tf.constant(levels),
                              tf.constant(signs)).numpy()[:, 0, 0, 0]
     np.testing.assert_array_equal(got, [3, -9, 0, 5])
