@@ -12,9 +12,12 @@ environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it
 
   for every seed s: exports data/cifar10n.s (train = the 1600 labeled images, unlabeled = 6400,
   val = 2000) to bench/out/usb_quality/cifar10n.s.npz, trains USB's algorithm on it (a worker in
-  the venv) and ours (scripts/run_ablation.py, variant baseline, into
-  experiments/cifar10n_usb_parity), then writes the table (``--table``).
-* ``--table``: bench/out/usb_quality.{md,json}: validation accuracy and macro F1, per seed and
+  the venv; its run folder in bench/out/usb_quality/usb_runs) and ours (scripts/run_ablation.py,
+  variant baseline, into experiments/cifar10n_usb_parity), stores one small JSON per finished
+  run in bench/results/usb_quality/ (committed: the run folders are git-ignored and a fresh
+  checkout has none; a stored run is not trained again), then writes the table (``--table``).
+* ``--table``: bench/results/usb_quality/table.{md,json} (``table.<folder>`` for another
+  ``--ours_dir``), from the stored JSONs alone: validation accuracy and macro F1, per seed and
   mean ± standard deviation, of the EMA weights (what both codebases evaluate) and of the live
   ("raw") weights, and ours − USB paired by seed (the same data slice) with a verdict:
   ``ahead``, ``within noise`` (behind by no more than the larger of the two sides' seed-to-seed
@@ -74,6 +77,7 @@ from bench import usb_peer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, 'bench', 'out', 'usb_quality')
+RESULTS = os.path.join(ROOT, 'bench', 'results', 'usb_quality')
 OURS_DIR = os.path.join('experiments', 'cifar10n_usb_parity')
 NUM_CLASSES = 10
 BATCH = 64
@@ -134,7 +138,7 @@ def usb_run(args):
     common = {**usb_peer.USB_COMMON, 'epoch': 1, 'num_train_iter': steps,
               'num_eval_iter': steps_for(8), 'num_log_iter': 50, 'seed': args.seed,
               'num_workers': 1, 'save_name': name,
-              'save_dir': os.path.join(os.path.dirname(args.result), 'usb_runs')}
+              'save_dir': args.save_dir}
     config = get_config({**common, **USB_ALGORITHM[args.algorithm], 'algorithm': args.algorithm,
                          'batch_size': BATCH, 'uratio': 1, 'img_size': 32,
                          'num_labels': int(len(arrays['y_train']))})
@@ -333,17 +337,21 @@ def ours_reestimated(run_dir, data_dir):
     return result
 
 
-def usb_result_path(seed, method, kimg, bn_momentum, out=OUT):
-    return os.path.join(out, f'usb_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}.json')
+def usb_result_path(seed, method, kimg, bn_momentum, results=RESULTS):
+    return os.path.join(results, f'usb_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}.json')
 
 
-def ours_reestimated_path(seed, method, kimg, bn_momentum, out=OUT, ours_dir=OURS_DIR):
-    """Where the re-estimated rows of our run are cached; runs of another ``--ours_dir`` (e.g. a
-    variant of the code under test) get their own file."""
+def _tag(ours_dir):
+    """'' for the default ``--ours_dir``, '.<its last folder>' for any other."""
     ours_dir = os.path.normpath(ours_dir)
-    tag = '' if ours_dir == OURS_DIR else f'.{os.path.basename(ours_dir)}'
-    return os.path.join(out, f'ours_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}'
-                        f'_reestimated{tag}.json')
+    return '' if ours_dir == OURS_DIR else f'.{os.path.basename(ours_dir)}'
+
+
+def ours_record_path(seed, method, kimg, bn_momentum, results=RESULTS, ours_dir=OURS_DIR):
+    """Where the record of our run is kept; runs of another ``--ours_dir`` (e.g. a variant of the
+    code under test) get their own file."""
+    return os.path.join(results, f'ours_{method}_seed{seed}_kimg{kimg:g}_bn{bn_momentum:g}'
+                        f'{_tag(ours_dir)}.json')
 
 
 def run_folder(ours_dir, seed, run=''):
@@ -352,32 +360,45 @@ def run_folder(ours_dir, seed, run=''):
 
 
 def run_identity(ours_dir, seed, run):
-    """What ties a cached re-estimate to one training of a run folder: its name and a digest of
-    its metrics.jsonl (a folder retrained under the same name gets other metrics)."""
+    """What ties a record to one training of a run folder: its name and a digest of its
+    metrics.jsonl (a folder retrained under the same name gets other metrics)."""
     import hashlib
     with open(os.path.join(run_folder(ours_dir, seed, run), 'metrics.jsonl'), 'rb') as f:
         return {'run': run, 'metrics_sha1': hashlib.sha1(f.read()).hexdigest()}
 
 
-def cached_reestimate(ours, kimg, bn_momentum, ours_dir=OURS_DIR, out=OUT):
-    """The ``raw_bn`` / ``ema_bn`` rows computed for this training of ``ours``'s run, or None."""
-    path = ours_reestimated_path(ours['seed'], ours['method'], kimg, bn_momentum, out, ours_dir)
+def stored_ours(seed, method, kimg, bn_momentum, ours_dir=OURS_DIR, results=RESULTS):
+    """The stored record of our run, or None. A record outlives its run folder (a fresh checkout
+    has the records but not the folders); while the folder is there, the record counts only for
+    the training it was made from."""
+    path = ours_record_path(seed, method, kimg, bn_momentum, results, ours_dir)
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        cached = json.load(f)
-    identity = run_identity(ours_dir, ours['seed'], ours['run'])
-    if any(cached.get(key) != value for key, value in identity.items()):
-        return None
-    return {model: cached[model] for model in ('raw_bn', 'ema_bn')}
+        record = json.load(f)
+    if os.path.exists(os.path.join(run_folder(ours_dir, seed, record['run']), 'metrics.jsonl')):
+        identity = run_identity(ours_dir, seed, record['run'])
+        if any(record.get(key) != value for key, value in identity.items()):
+            return None
+    return record
 
 
-def ours_with_reestimated(seed, method, kimg, bn_momentum, ours_dir=OURS_DIR, out=OUT):
-    """``ours_result`` plus the re-estimated rows when they have been computed for this run."""
+def store_ours(seed, method, kimg, bn_momentum, data_dir, ours_dir=OURS_DIR, results=RESULTS,
+               reestimate=None):
+    """Makes the record of our finished run (``ours_result``, the run's identity and the
+    re-estimated rows of ``reestimate(run_dir, data_dir)``, default ``ours_reestimated``) unless a
+    current one is stored; returns it, or None when the run has not finished."""
+    record = stored_ours(seed, method, kimg, bn_momentum, ours_dir, results)
     ours = ours_result(seed, method, kimg, bn_momentum, ours_dir)
-    if ours is not None:
-        ours.update(cached_reestimate(ours, kimg, bn_momentum, ours_dir, out) or {})
-    return ours
+    if ours is None or (record is not None and record['run'] == ours['run']):
+        return record
+    print(f'[ours] {method} seed {seed}: batch-norm statistics re-estimated', flush=True)
+    reestimate = reestimate or ours_reestimated
+    record = {**ours, **run_identity(ours_dir, seed, ours['run']),
+              **reestimate(run_folder(ours_dir, seed, ours['run']), data_dir)}
+    os.makedirs(results, exist_ok=True)
+    atomic_json(ours_record_path(seed, method, kimg, bn_momentum, results, ours_dir), record)
+    return record
 
 
 def run_all(args):
@@ -385,17 +406,22 @@ def run_all(args):
     for seed in args.seeds:
         npz = export(seed, args.data_dir, args.out)
         for method in args.methods:
-            usb_path = usb_result_path(seed, method, args.kimg, args.bn_momentum, args.out)
+            usb_path = usb_result_path(seed, method, args.kimg, args.bn_momentum, args.results)
             if 'usb' in args.sides and not os.path.exists(usb_path):
                 print(f'[usb] {method} seed {seed}', flush=True)
+                os.makedirs(args.results, exist_ok=True)
                 subprocess.run([args.usb_python, '-m', 'bench.usb_quality', '--worker',
                                 '--algorithm', METHODS[method][0], '--seed', str(seed),
                                 '--npz', npz, '--kimg', str(args.kimg),
                                 '--bn_momentum', str(args.bn_momentum),
-                                '--result', usb_path],
+                                '--result', usb_path,
+                                '--save_dir', os.path.join(args.out, 'usb_runs')],
                                cwd=ROOT, env=env, check=True)
-            ours = ours_result(seed, method, args.kimg, args.bn_momentum, args.ours_dir)
-            if 'ours' in args.sides and ours is None:
+            if 'ours' not in args.sides:
+                continue
+            if (stored_ours(seed, method, args.kimg, args.bn_momentum, args.ours_dir,
+                            args.results) is None and
+                    ours_result(seed, method, args.kimg, args.bn_momentum, args.ours_dir) is None):
                 print(f'[ours] {method} seed {seed}', flush=True)
                 subprocess.run([sys.executable, 'scripts/run_ablation.py', '--dataset_name',
                                 'cifar10n', '--data_dir', args.data_dir, '--seeds', str(seed),
@@ -403,17 +429,8 @@ def run_all(args):
                                 args.ours_dir, '--extra', OURS_EXTRA.format(kimg=args.kimg,
                                                                    bn_momentum=args.bn_momentum)],
                                cwd=ROOT, check=True)
-                ours = ours_result(seed, method, args.kimg, args.bn_momentum, args.ours_dir)
-            if ('ours' in args.sides and ours is not None and
-                    cached_reestimate(ours, args.kimg, args.bn_momentum, args.ours_dir,
-                                      args.out) is None):
-                print(f'[ours] {method} seed {seed}: batch-norm statistics re-estimated',
-                      flush=True)
-                atomic_json(ours_reestimated_path(seed, method, args.kimg, args.bn_momentum,
-                                                  args.out, args.ours_dir),
-                            {**run_identity(args.ours_dir, seed, ours['run']),
-                             **ours_reestimated(run_folder(args.ours_dir, seed, ours['run']),
-                                                args.data_dir)})
+            store_ours(seed, method, args.kimg, args.bn_momentum, args.data_dir, args.ours_dir,
+                       args.results)
     table(args)
 
 
@@ -443,16 +460,23 @@ def _cell(stats):
     return f'{100 * stats["mean"]:.2f}{std} ({stats["seeds"]})'
 
 
+def table_path(results, ours_dir=OURS_DIR):
+    """The table's path without its extension: ``table`` in ``results``, tagged like the records
+    when ``ours_dir`` is not the default."""
+    return os.path.join(results, f'table{_tag(ours_dir)}')
+
+
 def table(args):
-    """Mean ± std over seeds per method, weights (EMA / raw), side and metric -> OUT.md, .json."""
+    """Mean ± std over seeds per method, weights (EMA / raw), side and metric, from the stored
+    records -> ``table_path``.md and .json."""
     rows, per_seed = [], []
     for method in args.methods:
         results = {'ours': [], 'usb': []}
         for seed in args.seeds:
-            usb_path = usb_result_path(seed, method, args.kimg, args.bn_momentum, args.out)
+            usb_path = usb_result_path(seed, method, args.kimg, args.bn_momentum, args.results)
             usb = json.load(open(usb_path)) if os.path.exists(usb_path) else None
-            ours = ours_with_reestimated(seed, method, args.kimg, args.bn_momentum,
-                                         args.ours_dir, args.out)
+            ours = stored_ours(seed, method, args.kimg, args.bn_momentum, args.ours_dir,
+                               args.results)
             per_seed.append({'method': method, 'seed': seed, 'ours': ours, 'usb': usb})
             for side, result in (('ours', ours), ('usb', usb)):
                 if result is not None:
@@ -488,10 +512,11 @@ def table(args):
                      for metric in ('accuracy', 'macro_f1') for side in ('ours', 'usb')]
             lines.append(f'| {x["method"]} | {x["seed"]} | {model} | ' + ' | '.join(cells) + ' |')
     text = '\n'.join(lines) + '\n'
-    with open(args.out + '.md.tmp', 'w') as f:
+    path = table_path(args.results, args.ours_dir)
+    with open(path + '.md.tmp', 'w') as f:
         f.write(text)
-    os.replace(args.out + '.md.tmp', args.out + '.md')
-    atomic_json(args.out + '.json', {'kimg': args.kimg, 'rows': rows, 'per_seed': per_seed})
+    os.replace(path + '.md.tmp', path + '.md')
+    atomic_json(path + '.json', {'kimg': args.kimg, 'rows': rows, 'per_seed': per_seed})
     print(text)
     return rows
 
@@ -509,8 +534,11 @@ def main():
     parser.add_argument('--bn_momentum', type=float, default=0.99,
                         help='Both sides, Keras convention (torch momentum = 1 - this).')
     parser.add_argument('--data_dir', default=os.environ.get('ML_DATA', 'data'))
-    parser.add_argument('--out', default=OUT, help='Exports and USB results; the table goes to '
-                        'OUT.md and OUT.json.')
+    parser.add_argument('--out', default=OUT, help='Data exports and USB run folders (large, '
+                        'git-ignored).')
+    parser.add_argument('--results', default=RESULTS, help='One JSON per finished run of either '
+                        'side and the tables (small; committed, so that they outlive the run '
+                        'folders).')
     parser.add_argument('--ours_dir', default=OURS_DIR, help='--train_dir of our runs.')
     parser.add_argument('--usb_python', default=os.path.join('bench', 'out', 'venv-usb', 'bin',
                                                              'python'))
@@ -519,6 +547,7 @@ def main():
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--npz')
     parser.add_argument('--result')
+    parser.add_argument('--save_dir', default=os.path.join(OUT, 'usb_runs'))
     parser.add_argument('--threads', type=int, default=2)
     args = parser.parse_args()
     if args.worker:

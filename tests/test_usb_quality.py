@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -21,8 +22,14 @@ def write_run(ours_dir, seed, name, train_kimg, reports, bn_momentum=0.99):
             f.write(json.dumps({'kimg': kimg, 'splits': {'val': val}}) + '\n')
 
 
+def reestimated(accuracy):
+    """A stand-in for the re-estimation (which needs a trained checkpoint): fixed rows."""
+    return lambda run_dir, data_dir: {'raw_bn': {'accuracy': accuracy, 'macro_f1': accuracy},
+                                      'ema_bn': {'accuracy': accuracy, 'macro_f1': accuracy}}
+
+
 def test_only_finished_runs_of_the_budget_count_and_the_table_averages_seeds(tmp_path):
-    ours_dir, out = str(tmp_path / 'ours'), str(tmp_path / 'usb')
+    ours_dir, out = str(tmp_path / 'ours'), str(tmp_path / 'results')
     os.makedirs(out)
     write_run(ours_dir, 1, 'MeanTeacher_a', 24.0, [(8.0, 0.30, 0.28), (24.0, 0.45, 0.43)])
     write_run(ours_dir, 2, 'MeanTeacher_b', 24.0, [(8.0, 0.31, 0.29), (24.0, 0.41, 0.40)])
@@ -39,24 +46,30 @@ def test_only_finished_runs_of_the_budget_count_and_the_table_averages_seeds(tmp
     assert usb_quality.ours_result(3, 'mean_teacher', 24.0, 0.999, ours_dir) is not None
     seed_1 = usb_quality.ours_result(1, 'mean_teacher', 24.0, 0.99, ours_dir)
     assert seed_1['ema']['accuracy'] == 0.45
-    args = argparse.Namespace(methods=['mean_teacher'], seeds=[1, 2, 3], kimg=24.0, out=out,
-                              ours_dir=ours_dir, bn_momentum=0.99)
+    for seed in (1, 2, 3):  # --run stores seeds 1 and 2; seed 3 has not finished
+        stored = usb_quality.store_ours(seed, 'mean_teacher', 24.0, 0.99, 'data', ours_dir, out,
+                                        reestimated(0.5))
+        assert (stored is None) == (seed == 3)
+    args = argparse.Namespace(methods=['mean_teacher'], seeds=[1, 2, 3], kimg=24.0,
+                              results=out, ours_dir=ours_dir, bn_momentum=0.99)
     ema, raw, ema_bn, raw_bn = usb_quality.table(args)
     assert (ema['model'], raw['model']) == ('ema', 'raw')
-    assert ema_bn['ours_accuracy']['seeds'] == raw_bn['usb_accuracy']['seeds'] == 0
+    assert ema_bn['ours_accuracy']['seeds'] == 2 and raw_bn['usb_accuracy']['seeds'] == 0
     assert ema['ours_accuracy']['seeds'] == 2 and ema['usb_accuracy']['seeds'] == 3
     assert np.isclose(ema['ours_accuracy']['mean'], (0.45 + 0.41) / 2)
     assert np.isclose(ema['ours_accuracy']['std'], np.std([0.45, 0.41], ddof=1))
     assert np.isclose(raw['ours_macro_f1']['mean'], (0.33 + 0.30) / 2)
     assert np.isclose(ema['usb_macro_f1']['mean'], np.mean([0.42, 0.38, 0.44]))
     assert np.isclose(raw['usb_accuracy']['mean'], np.mean([0.54, 0.50, 0.56]))
-    with open(out + '.md') as f:
+    table = usb_quality.table_path(out, ours_dir)
+    assert os.path.dirname(table) == out and table.endswith('table.ours')
+    with open(table + '.md') as f:
         lines = f.read().splitlines()
     assert lines[2].startswith('| mean_teacher | ema | 43.00 ± 2.83 (2) | 43.33 ± 3.06 (3) |')
     assert '| mean_teacher | 3 | raw | — | 56.00 | — | 46.00 |' in lines
-    assert ('| mean_teacher | raw_bn | not run | not run | not run | not run | not run / not run '
-            '| too few seeds / too few seeds |') in lines
-    assert json.load(open(out + '.json'))['rows'] == [ema, raw, ema_bn, raw_bn]
+    assert ('| mean_teacher | raw_bn | 50.00 ± 0.00 (2) | not run | 50.00 ± 0.00 (2) | not run '
+            '| not run / not run | too few seeds / too few seeds |') in lines
+    assert json.load(open(table + '.json'))['rows'] == [ema, raw, ema_bn, raw_bn]
     # Paired by seed: only seeds 1 and 2 have both sides. EMA: ours 0.45, 0.41 against USB's
     # 0.44, 0.40 -> +0.01 each; raw: 0.35, 0.31 against 0.54, 0.50 -> -0.19 each.
     assert np.isclose(ema['difference_accuracy']['mean'], 0.01)
@@ -74,30 +87,33 @@ def test_behind_by_less_than_either_sides_seed_spread_is_within_noise():
     assert usb_quality.verdict(stats([-0.01]), stats([0.4]), stats([0.41])) == 'too few seeds'
 
 
-def test_re_estimated_rows_count_only_for_the_training_they_were_computed_on(tmp_path):
-    ours_dir, out = str(tmp_path / 'ours'), str(tmp_path / 'usb')
-    os.makedirs(out)
+def test_stored_records_outlive_their_run_folders_but_not_a_retraining(tmp_path):
+    ours_dir, out = str(tmp_path / 'ours'), str(tmp_path / 'results')
     write_run(ours_dir, 1, 'FixMatch_a', 24.0, [(24.0, 0.40, 0.38)])
     write_run(ours_dir, 2, 'FixMatch_b', 24.0, [(24.0, 0.42, 0.40)])
-    identity = {1: usb_quality.run_identity(ours_dir, 1, 'FixMatch_a'),
-                # seed 2's was computed on an earlier training of a folder of the same name
-                2: {'run': 'FixMatch_b', 'metrics_sha1': '0' * 40}}
     for seed in (1, 2):
-        with open(usb_quality.ours_reestimated_path(seed, 'fixmatch', 24.0, 0.99, out, ours_dir),
-                  'w') as f:
-            json.dump({**identity[seed], 'raw_bn': {'accuracy': 0.46, 'macro_f1': 0.45},
-                       'ema_bn': {'accuracy': 0.47, 'macro_f1': 0.46}}, f)
-    args = argparse.Namespace(methods=['fixmatch'], seeds=[1, 2], kimg=24.0, out=out,
+        usb_quality.store_ours(seed, 'fixmatch', 24.0, 0.99, 'data', ours_dir, out,
+                               reestimated(0.46))
+    args = argparse.Namespace(methods=['fixmatch'], seeds=[1, 2], kimg=24.0, results=out,
                               ours_dir=ours_dir, bn_momentum=0.99)
+    # stored once, a record is not made again (the re-estimation would fail here)
+    assert usb_quality.store_ours(1, 'fixmatch', 24.0, 0.99, 'data', ours_dir, out,
+                                  reestimate=None)['raw_bn']['accuracy'] == 0.46
+    # seed 2's folder is trained again under the same name: its record no longer counts
+    shutil.rmtree(os.path.join(ours_dir, 'cifar10n.2@-1-10', 'FixMatch_b'))
+    write_run(ours_dir, 2, 'FixMatch_b', 24.0, [(24.0, 0.30, 0.30)])
+    ema, raw, ema_bn, raw_bn = usb_quality.table(args)
+    assert ema['ours_accuracy']['seeds'] == 1 and ema['ours_accuracy']['mean'] == 0.40
+    # a fresh checkout: no run folders, only the records
+    shutil.rmtree(ours_dir)
     ema, raw, ema_bn, raw_bn = usb_quality.table(args)
     assert ema['ours_accuracy']['seeds'] == 2
-    assert raw_bn['ours_accuracy']['seeds'] == 1 and raw_bn['ours_accuracy']['mean'] == 0.46
-    assert ema_bn['ours_macro_f1']['mean'] == 0.46
-    # each --ours_dir caches its own rows; the default folder keeps the plain name
-    assert usb_quality.ours_reestimated_path(1, 'fixmatch', 24.0, 0.99, out).endswith(
-        'ours_fixmatch_seed1_kimg24_bn0.99_reestimated.json')
-    assert usb_quality.ours_reestimated_path(1, 'fixmatch', 24.0, 0.99, out, ours_dir) != \
-        usb_quality.ours_reestimated_path(1, 'fixmatch', 24.0, 0.99, out)
+    assert raw_bn['ours_accuracy']['mean'] == 0.46 and ema_bn['ours_macro_f1']['mean'] == 0.46
+    # each --ours_dir keeps its own records; the default folder keeps the plain name
+    assert usb_quality.ours_record_path(1, 'fixmatch', 24.0, 0.99, out).endswith(
+        'ours_fixmatch_seed1_kimg24_bn0.99.json')
+    assert usb_quality.ours_record_path(1, 'fixmatch', 24.0, 0.99, out, ours_dir) != \
+        usb_quality.ours_record_path(1, 'fixmatch', 24.0, 0.99, out)
 
 
 def test_batch_norm_statistics_are_re_estimated_as_the_mean_over_batches():
