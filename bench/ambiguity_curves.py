@@ -1,9 +1,10 @@
 """F1, d and the ambiguity head's AUROC at every report of every run below some folders.
 
 For each run folder (one with ``args.json``) and each of its reports (``reports/img*``), reads the
-prediction CSV of the split and the report's metrics from ``metrics.jsonl``, and writes one row:
-run, method, variant, seed, kimg, F1 on the certain images, d, d - F1, the share called ambiguous,
-accuracy, the AUROC of ``p_a`` against "the annotators disagree" (soft label without a class at 1)
+prediction CSV of the split and the report's metrics from ``metrics.jsonl`` (a run kept by
+``bench/keep_results.py`` has no CSVs: its stored rows), and writes one row: run, method,
+variant, seed, kimg, F1 on the certain images, d, d - F1, the share called ambiguous, accuracy,
+the AUROC of ``p_a`` against "the annotators disagree" (soft label without a class at 1)
 and the same AUROC for the classifier's ``1 - max p_n``. Writes ``curves.csv``, ``curves.md``
 (the last report of each run) and, when matplotlib is installed, ``curves.png`` (F1 and p_a's
 AUROC against kimg, one line per run).
@@ -21,7 +22,16 @@ from libml.errors import DC3Error
 from scripts import report
 
 
+def kept_rows_path(run_dir, split):
+    """Where a kept run (bench/keep_results.py), which has no report CSVs, stores its rows."""
+    return os.path.join(run_dir, f'curves.{split}.json')
+
+
 def report_rows(run_dir, split):
+    """One row per report of ``run_dir``: from its CSVs, or a kept run's stored rows."""
+    kept = kept_rows_path(run_dir, split)
+    if not run_files.report_folders(run_dir) and os.path.exists(kept):
+        return io_utils.read_json(kept, 'kept report rows')
     args = io_utils.read_json(os.path.join(run_dir, 'args.json'), 'run arguments')
     by_images = {int(entry['images']): entry['splits'][split]['ema']
                  for entry in run_files.read_metrics(run_dir)}

@@ -4,8 +4,9 @@
 #
 #   bench/faithful_rerun.sh table2   Table 2 with the faithful defaults: the five methods, vanilla,
 #                                    the paper's DC3 and (Mean Teacher) --ambiguity_rank
-#                                    uncertainty, seeds 1-3, section 7's budget (24 kimg), DC3 runs
-#                                    first -> experiments/cifar10n_faithful
+#                                    uncertainty, seeds 1-3, section 7's budget (24 kimg): the
+#                                    other four methods' DC3 runs, their vanilla runs, then Mean
+#                                    Teacher's -> experiments/cifar10n_faithful
 #   bench/faithful_rerun.sh long     Mean Teacher and FixMatch (uratio 1, as in table2 and
 #                                    section 7), vanilla / DC3 / uncertainty, seed 1, LONG_KIMG
 #                                    (default 256) kimg with a report every 16 kimg
@@ -18,6 +19,12 @@
 #                                    -> bench/out/relabel_cifar10n/
 #
 # MIXED_PRECISION (default 1) as in section 7; set 0 on CPUs without bf16 instructions.
+#
+# The series take more CPU than one session has and experiments/ is git-ignored, so table2 and
+# long keep every finished run's args.json, metrics.jsonl and report rows in the committed
+# bench/results/faithful_{table2,long}/ (bench/keep_results.py) and put them back at the start:
+# a fresh checkout resumes after the last kept run. curves reads the kept folders. (relabel
+# needs the report CSVs, which are not kept: it retrains what a fresh checkout lacks.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -25,9 +32,28 @@ export ML_DATA="${ML_DATA:-data}" TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-
 MP="${MIXED_PRECISION:-1}"
 BASE="--filters 32 --bn_momentum 0.99 --mixed_precision $MP --use_weighted_xe 1"
 
-ablation() {  # ablation TRAIN_DIR SEEDS METHODS VARIANTS EXTRA
-  "$PYTHON" scripts/run_ablation.py --dataset_name cifar10n --seeds "$2" --methods "$3" \
-    --variants "$4" --train_dir "$1" --extra "$5"
+kept_folder() {  # kept_folder TRAIN_DIR
+  case "$1" in
+    experiments/cifar10n_faithful) echo bench/results/faithful_table2 ;;
+    experiments/cifar10n_long) echo bench/results/faithful_long ;;
+  esac
+}
+
+KEEP=0  # 1: restore kept runs before and keep finished ones after every ablation (table2, long)
+
+ablation() {  # ablation TRAIN_DIR SEEDS METHODS VARIANTS EXTRA: one run at a time, each kept
+  local kept method variant
+  kept=$(kept_folder "$1")
+  if [ "$KEEP" = 1 ] && [ -d "$kept" ]; then
+    "$PYTHON" -m bench.keep_results restore "$kept" "$1"
+  fi
+  for method in ${3//,/ }; do
+    for variant in ${4//,/ }; do
+      "$PYTHON" scripts/run_ablation.py --dataset_name cifar10n --seeds "$2" \
+        --methods "$method" --variants "$variant" --train_dir "$1" --extra "$5"
+      if [ "$KEEP" = 1 ]; then "$PYTHON" -m bench.keep_results keep "$1" "$kept"; fi
+    done
+  done
 }
 
 TABLE2_OUT=experiments/cifar10n_faithful
@@ -41,9 +67,9 @@ mean_teacher_series() {  # the three Mean Teacher runs of every seed: Table 2's 
 
 case "${1:-}" in
   table2)
+    KEEP=1
     out=$TABLE2_OUT
     extra=$TABLE2_EXTRA
-    mean_teacher_series
     for seed in 1 2 3; do
       ablation "$out" "$seed" pi_model,pseudo_label,fully_supervised dc3 "$extra"
       ablation "$out" "$seed" fixmatch dc3 "$extra --uratio 1"
@@ -52,9 +78,11 @@ case "${1:-}" in
       ablation "$out" "$seed" pi_model,pseudo_label,fully_supervised baseline "$extra"
       ablation "$out" "$seed" fixmatch baseline "$extra --uratio 1"
     done
+    mean_teacher_series  # last: section 9 already has its numbers from an earlier checkout
     "$PYTHON" scripts/report.py "$out" --split val --out "$out/tables"
     ;;
   long)
+    KEEP=1
     out=experiments/cifar10n_long
     kimg="${LONG_KIMG:-256}"
     extra="$BASE --train_kimg $kimg --report_kimg 16 --save_kimg 16"
@@ -83,9 +111,10 @@ PY
       --acceptance_offset 0,0.2608,0.6481
     ;;
   curves)
-    for series in table2:experiments/cifar10n_faithful long:experiments/cifar10n_long; do
-      if [ -d "${series#*:}" ]; then
-        "$PYTHON" -m bench.ambiguity_curves "${series#*:}" --out "bench/out/faithful_${series%%:*}"
+    for series in table2 long; do
+      if [ -d "bench/results/faithful_$series" ]; then
+        "$PYTHON" -m bench.ambiguity_curves "bench/results/faithful_$series" \
+          --out "bench/out/faithful_$series"
       fi
     done
     ;;

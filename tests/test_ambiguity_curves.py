@@ -9,12 +9,12 @@ from sklearn.metrics import roc_auc_score
 from bench import ambiguity_curves
 
 
-def fake_run(root, reports):
-    run = root / 'cifar10n.1@-1-10' / 'MeanTeacher_x'
+def fake_run(root, reports, name='MeanTeacher_x', train_kimg=2.0):
+    run = root / 'cifar10n.1@-1-10' / name
     run.mkdir(parents=True)
     (run / 'args.json').write_text(json.dumps(
         {'method': 'MeanTeacher', 'dataset_seed': 1, 'combined_output': 4, 'wou': 10, 'wol': 10,
-         'prior_fuzzy_distribution': 0.6, 'losses_version': 2}))
+         'prior_fuzzy_distribution': 0.6, 'losses_version': 2, 'train_kimg': train_kimg}))
     rng = np.random.default_rng(0)
     with open(run / 'metrics.jsonl', 'w') as f:
         for images, f1 in reports:
@@ -27,9 +27,10 @@ def fake_run(root, reports):
             folder = run / 'reports' / f'img{images:010d}'
             folder.mkdir(parents=True)
             pd.DataFrame(frame).to_csv(folder / 'val.csv', index=False)
-            f.write(json.dumps({'images': images, 'splits': {'val': {'ema': {
-                'f1_certain': f1, 'inner_distance': 0.5, 'd_minus_f1': 0.5 - f1,
-                'ambiguous_share': 0.4, 'accuracy': 0.6}}}}) + '\n')
+            ema = {'f1_certain': f1, 'inner_distance': 0.5, 'd_minus_f1': 0.5 - f1,
+                   'ambiguous_share': 0.4, 'accuracy': 0.6}
+            f.write(json.dumps({'images': images, 'kimg': images / 1024,
+                                'splits': {'val': {'ema': ema}}}) + '\n')
     return run
 
 
