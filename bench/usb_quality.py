@@ -513,6 +513,7 @@ def table(args):
             lines.append(f'| {x["method"]} | {x["seed"]} | {model} | ' + ' | '.join(cells) + ' |')
     text = '\n'.join(lines) + '\n'
     path = table_path(args.results, args.ours_dir)
+    os.makedirs(args.results, exist_ok=True)
     with open(path + '.md.tmp', 'w') as f:
         f.write(text)
     os.replace(path + '.md.tmp', path + '.md')
