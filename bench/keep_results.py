@@ -94,13 +94,10 @@ def main(argv=None):
     parser.add_argument('src', help='keep: the runs\' folder; restore: the kept folder')
     parser.add_argument('dst', help='keep: the kept folder; restore: the runs\' folder')
     args = parser.parse_args(argv)
-    if not os.path.isdir(args.src):
-        print(f'error: {args.src} is not a folder', file=sys.stderr)
-        return 2
     count = (keep if args.mode == 'keep' else restore)(args.src, args.dst)
     print(f'{args.mode}: {count} run(s)')
     return 0
 
 
-if __name__ == '__main__':
-    sys.exit(main())
+if __name__ == '__main__':  # a missing folder, a broken args.json, a full disk: one line, exit 2
+    sys.exit(io_utils.run_cli(lambda _: main(sys.argv[1:])))

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import pandas as pd
+import pytest
 
 from bench import ambiguity_curves, keep_results
 from scripts import report, run_ablation
@@ -65,3 +66,18 @@ def test_a_copy_cut_short_is_not_a_kept_run_and_is_redone(tmp_path, monkeypatch)
     fake_run(runs, [(1024, 0.1), (2048, 0.2)])
     assert keep_results.keep(str(runs), str(kept)) == 1
     assert ambiguity_curves.report_rows(str(kept_run), 'val')[-1]['F1'] == 20.0
+
+
+def test_a_missing_folder_or_a_broken_kept_run_is_one_error_line(tmp_path, capsys):
+    from libml import io_utils
+    broken = tmp_path / 'kept' / 'cifar10n.1@-1-10' / 'MeanTeacher_x'
+    broken.mkdir(parents=True)
+    (broken / 'args.json').write_text('{"train_kimg": ')  # cut short
+    for argv in (['keep', str(tmp_path / 'missing'), str(tmp_path / 'kept')],
+                 ['restore', str(tmp_path / 'kept'), str(tmp_path / 'fresh')]):
+        with pytest.raises(SystemExit) as exit_info:
+            io_utils.run_cli(lambda _: keep_results.main(argv))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and err.count('\n') == 1
+    assert not (tmp_path / 'fresh').exists()
