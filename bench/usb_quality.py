@@ -17,8 +17,9 @@ environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it
   run in bench/results/usb_quality/ (committed: the run folders are git-ignored and a fresh
   checkout has none; a stored run is not trained again), then writes the table (``--table``).
 * ``--table``: bench/results/usb_quality/table.{md,json} (``table.<folder>`` for another
-  ``--ours_dir``), from the stored JSONs alone: validation accuracy and macro F1, per seed and
-  mean ± standard deviation, of the EMA weights (what both codebases evaluate) and of the live
+  ``--ours_dir``; it holds the ``--methods`` and ``--seeds`` asked for, so ``--run`` on a subset
+  leaves a table of that subset), from the stored JSONs alone: validation accuracy and macro F1,
+  per seed and mean ± standard deviation, of the EMA weights (what both codebases evaluate) and of the live
   ("raw") weights, and ours − USB paired by seed (the same data slice) with a verdict:
   ``ahead``, ``within noise`` (behind by no more than the larger of the two sides' seed-to-seed
   standard deviations) or ``behind`` (``verdict``). The raw rows compare the training; the EMA
