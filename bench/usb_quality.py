@@ -19,8 +19,8 @@ environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it
 * ``--table``: bench/results/usb_quality/table.{md,json} (``table.<folder>`` for another
   ``--ours_dir``; it holds the ``--methods`` and ``--seeds`` asked for, so ``--run`` on a subset
   leaves a table of that subset), from the stored JSONs alone: validation accuracy and macro F1,
-  per seed and mean ± standard deviation, of the EMA weights (what both codebases evaluate) and of the live
-  ("raw") weights, and ours − USB paired by seed (the same data slice) with a verdict:
+  per seed and mean ± standard deviation, of the EMA weights (what both codebases evaluate) and
+  of the live ("raw") weights, and ours − USB paired by seed (the same data slice) with a verdict:
   ``ahead``, ``within noise`` (behind by no more than the larger of the two sides' seed-to-seed
   standard deviations) or ``behind`` (``verdict``). The raw rows compare the training; the EMA
   rows also compare the averaging, which differs at short budgets: USB's decay is a fixed 0.999
