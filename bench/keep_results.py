@@ -13,7 +13,8 @@ What a kept run holds (the same relative path as its run folder):
     what ``scripts/run_ablation.py`` reads to skip a finished run;
   * ``curves.val.json``: ``bench.ambiguity_curves``' rows of every report (F1, d, p_a's AUROC
     against the annotators' disagreement, ...), computed from the report CSVs, which are not kept
-    (about a megabyte per report). ``bench.ambiguity_curves`` reads this file when a run has no CSVs.
+    (2-7 MB per report of a CIFAR-10N run, with the last report's embeddings).
+    ``bench.ambiguity_curves`` reads this file when a run has no CSVs.
 
 Only finished runs (final report in metrics.jsonl) are kept: an unfinished one cannot resume
 without its checkpoint, which is not kept either. Every file is written to a temporary name and
