@@ -18,10 +18,12 @@ What a kept run holds (the same relative path as its run folder):
 
 Only finished runs (final report in metrics.jsonl) are kept: an unfinished one cannot resume
 without its checkpoint, which is not kept either. Every file is written to a temporary name and
-renamed, ``metrics.jsonl`` last: a run folder without it is not a kept run (``restore`` and
-``report.py`` skip it), whatever point a kill interrupted.
+renamed, ``metrics.jsonl`` last (a kept copy being replaced loses its old one first): a run
+folder without it is not a kept run (``restore`` and ``report.py`` skip it), whatever point a
+kill interrupted.
 """
 import argparse
+import filecmp
 import json
 import os
 import shutil
@@ -56,8 +58,10 @@ def keep(src_root, dst_root):
         target = os.path.join(dst_root, relative)
         metrics = os.path.join(run_dir, run_files.METRICS_FILE)
         kept_metrics = os.path.join(target, run_files.METRICS_FILE)
-        if os.path.exists(kept_metrics) and _same_file(metrics, kept_metrics):
-            continue
+        if os.path.exists(kept_metrics):
+            if filecmp.cmp(metrics, kept_metrics, shallow=False):
+                continue
+            os.remove(kept_metrics)  # a retrained run: not a kept run until its copy is whole
         os.makedirs(target, exist_ok=True)
         _copy(os.path.join(run_dir, run_files.ARGS_FILE),
               os.path.join(target, run_files.ARGS_FILE))
@@ -82,11 +86,6 @@ def restore(kept_root, dst_root):
         print(f'restored {relative}')
         restored += 1
     return restored
-
-
-def _same_file(a, b):
-    with open(a, 'rb') as fa, open(b, 'rb') as fb:
-        return fa.read() == fb.read()
 
 
 def main(argv=None):

@@ -61,9 +61,15 @@ def test_a_copy_cut_short_is_not_a_kept_run_and_is_redone(tmp_path, monkeypatch)
     assert keep_results.keep(str(runs), str(kept)) == 1         # the next keep completes it
     assert keep_results.finished_runs(str(kept)) == [(str(finished.relative_to(runs)),
                                                       str(kept_run))]
-    # a retrained run (other metrics) replaces its kept copy
+    # a retrained run (other metrics) replaces its kept copy; killed half-way, the copy of the
+    # old training no longer counts (its rows would not match the new ones)
     shutil.rmtree(finished)
     fake_run(runs, [(1024, 0.1), (2048, 0.2)])
+    monkeypatch.setattr(keep_results, '_copy', killed_at_metrics)
+    with pytest.raises(KeyboardInterrupt):
+        keep_results.keep(str(runs), str(kept))
+    assert keep_results.finished_runs(str(kept)) == []
+    monkeypatch.setattr(keep_results, '_copy', real_copy)
     assert keep_results.keep(str(runs), str(kept)) == 1
     assert ambiguity_curves.report_rows(str(kept_run), 'val')[-1]['F1'] == 20.0
 
