@@ -34,10 +34,20 @@ def split_dataset(info, split):
 
 
 def _augmented_batches(ds, batch, view_names, seed):
-    """Repeats and shuffles ``ds`` and yields batches of one augmented image tensor per view."""
+    """Yields batches of one augmented image tensor per view from ``ds`` shuffled anew every
+    epoch: each image comes once per epoch (a split larger than ``SHUFFLE_BUFFER`` is shuffled
+    within windows of that size; its records are stored in a seeded random order).
+
+    Shuffling before repeating matters. Shuffling the repeated stream instead, with a buffer
+    holding many epochs (65536 elements = 41 epochs of 1600 labeled images), draws nearly with
+    replacement: over a 15-epoch run some images are seen twice as often as others, and on
+    CIFAR-10N the supervised training lost ~3 points of validation accuracy that way
+    (BENCHMARKS.md, section 14, part 7; README, Differences). FixMatch's memoised pipeline and
+    USB's sampler both visit every image about once per epoch.
+    """
     augmenters = [augment.Augmenter(name, seed=None if seed is None else seed + i)
                   for i, name in enumerate(view_names)]
-    ds = ds.cache().repeat().shuffle(SHUFFLE_BUFFER, seed=seed)
+    ds = ds.cache().shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(batch, drop_remainder=True)
 
     def per_batch(x):
