@@ -28,6 +28,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 TREE=bench/out/usb_gap_tree
+usage="usage: bench/usb_gap.sh train VARIANTS SEED [METHOD] | step [STEPS]"
+if [ "${1:-}" = train ]; then  # check the arguments before anything is created
+  [ $# -ge 3 ] || { echo "error: train needs VARIANTS and SEED; $usage" >&2; exit 2; }
+  for v in ${2//,/ }; do
+    case "$v" in base|layout|eps|norm|sgd|pad|epochs|passes) ;;
+      *) echo "error: unknown variant '$v'; use base or layout,eps,norm,sgd,pad,epochs,passes" >&2
+         exit 2 ;;
+    esac
+  done
+fi
 if [ ! -d "$TREE" ]; then
   git worktree add -f --detach "$TREE" 4f5a67b
   rm -rf "$TREE/bench/out"
@@ -58,5 +68,5 @@ case "${1:-}" in
     bench/out/venv-usb/bin/python bench/usb_gap_step.py --side torch --steps "$steps"
     PROBE=layout,eps,pad python3 bench/usb_gap_step.py --side ours
     ;;
-  *) echo "usage: bench/usb_gap.sh train VARIANTS SEED [METHOD] | step [STEPS]" >&2; exit 2 ;;
+  *) echo "error: $usage" >&2; exit 2 ;;
 esac
