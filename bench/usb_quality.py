@@ -9,6 +9,7 @@ environment of bench/usb_peer.py (bench/requirements-usb.txt says how to make it
       python -m bench.usb_quality --run [--seeds 1,2,3]
           [--methods fixmatch,mean_teacher,pseudo_label]
           [--kimg 24] [--sides usb,ours]
+          [--ours_dir experiments/<folder> --ours_flags "--bn_batches per_subset"]
 
   for every seed s: exports data/cifar10n.s (train = the 1600 labeled images, unlabeled = 6400,
   val = 2000) to bench/out/usb_quality/cifar10n.s.npz, trains USB's algorithm on it (a worker in
@@ -427,8 +428,9 @@ def run_all(args):
                 subprocess.run([sys.executable, 'scripts/run_ablation.py', '--dataset_name',
                                 'cifar10n', '--data_dir', args.data_dir, '--seeds', str(seed),
                                 '--methods', method, '--variants', 'baseline', '--train_dir',
-                                args.ours_dir, '--extra', OURS_EXTRA.format(kimg=args.kimg,
-                                                                   bn_momentum=args.bn_momentum)],
+                                args.ours_dir, '--extra', OURS_EXTRA.format(
+                                    kimg=args.kimg, bn_momentum=args.bn_momentum)
+                                + (' ' + args.ours_flags if args.ours_flags else '')],
                                cwd=ROOT, check=True)
             store_ours(seed, method, args.kimg, args.bn_momentum, args.data_dir, args.ours_dir,
                        args.results)
@@ -542,6 +544,8 @@ def main():
                         'side and the tables (small; committed, so that they outlive the run '
                         'folders).')
     parser.add_argument('--ours_dir', default=OURS_DIR, help='--train_dir of our runs.')
+    parser.add_argument('--ours_flags', default='', help='More flags for our runs, e.g. '
+                        '"--bn_batches per_subset"; give them their own --ours_dir.')
     parser.add_argument('--usb_python', default=os.path.join('bench', 'out', 'venv-usb', 'bin',
                                                              'python'))
     # worker

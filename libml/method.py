@@ -109,6 +109,7 @@ class SSLMethod:
         self.schedule = trainer.CosineDecay(train.lr, self.total_steps)
         with self.strategy.scope():  # mirrored variables, and the optimiser's all-reduce
             self.model = self.build_network('model', **build)
+            self.moving_statistics = models.moving_statistics(self.model)
             self.ema_model = self.build_network('ema_model', **build)
             for ema_var, var in zip(self.ema_model.variables, self.model.variables):
                 ema_var.assign(var)
@@ -200,8 +201,23 @@ class SSLMethod:
     # ------------------------------------------------------------------------------------------
 
     def forward(self, batch, training=True):
-        """One pass over labeled and unlabeled images together, so batch norm sees one batch."""
+        """The network on the labeled images and on each unlabeled view.
+
+        ``--bn_batches joint``: one call on all of them, so batch norm normalises them as one
+        batch (FixMatch's way). ``per_subset``: one call per subset, as the original DC3 code's
+        Mean Teacher, Pi-model, Pseudo-Label and ``ce.py`` do; each subset is normalised with its
+        own moments, and the moving statistics keep the labeled call's update only (the original
+        collects the update ops of that call alone).
+        """
         groups = [batch['image'], *batch['unlabeled']]
+        if self.model_config.bn_batches == 'per_subset':
+            labeled = self.model(groups[0], training=training)
+            after_labeled = [tf.identity(v) for v in self.moving_statistics]
+            unlabeled = [self.model(g, training=training) for g in groups[1:]]
+            if training:  # undo the unlabeled calls' updates (program order orders the ops)
+                for var, value in zip(self.moving_statistics, after_labeled):
+                    var.assign(value)
+            return Outputs(labeled=labeled, unlabeled=unlabeled)
         out = self.model(tf.concat(groups, 0), training=training)
         sizes = [tf.shape(g)[0] for g in groups]
         parts = {name: tf.split(value, sizes) for name, value in out.items()}

@@ -14,6 +14,8 @@ from keras import layers
 from libml import distribute, fused_ops, hparams
 from libml.errors import DC3Error
 
+BN_BATCHES = ('joint', 'per_subset')
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -31,6 +33,12 @@ class ModelConfig:
         'auto', 'Train batch norm + leaky ReLU as one CPU op (built with g++ on first use; 1.3x '
                 'faster bf16 steps on AMX CPUs). auto: when no GPU is visible and it builds; on: '
                 'required; off: TensorFlow\'s kernels.', choices=fused_ops.MODES)
+    bn_batches: str = hparams.field(
+        'joint', 'joint: the labeled images and every unlabeled view through the network in one '
+                 'call, so batch norm normalises them as one batch (FixMatch); per_subset: one '
+                 'call per subset, each normalised with its own moments, the moving statistics '
+                 'from the labeled call only (the original DC3 code\'s Mean Teacher, Pi-model, '
+                 'Pseudo-Label and supervised baseline).', choices=BN_BATCHES)
 
     def __post_init__(self):
         if not 1 <= self.filters <= 4096:
@@ -232,3 +240,9 @@ def build_network(arch, image_size, heads, filters=32, scales=0, repeat=4, bn_mo
         outputs[head] = layers.Dense(units, name=head, dtype='float32',
                                      kernel_initializer=init)(embedding)
     return keras.Model(inputs, outputs, name=name)
+
+
+def moving_statistics(model):
+    """The batch-norm moving means and variances of ``model``."""
+    return [v for v in model.non_trainable_variables
+            if v.name in ('moving_mean', 'moving_variance')]

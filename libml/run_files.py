@@ -23,7 +23,7 @@ import numpy as np
 
 from libml import io_utils, prediction_csv
 from libml.errors import DC3Error
-from libml.run_args import OPERATIONAL_KEYS
+from libml.run_args import ADDED_DEFAULTS, OPERATIONAL_KEYS
 
 ARGS_FILE = 'args.json'
 LOCK_FILE = 'run.lock'  # host and pid of the process training in the folder
@@ -37,9 +37,18 @@ REPORT_METRICS_FILE = 'metrics.json'
 # The run folder and args.json
 # ---------------------------------------------------------------------------------------------
 
+def without_added_defaults(args):
+    """``args`` without the keys added later that hold the value older code implied
+    (``run_args.ADDED_DEFAULTS``): such a run is recorded and named as it was before the key."""
+    return {k: v for k, v in args.items()
+            if k not in ADDED_DEFAULTS or v != ADDED_DEFAULTS[k]}
+
+
 def args_digest(args):
-    """8 hex digits of the hash of every non-operational key of ``args``."""
-    defining = {k: v for k, v in args.items() if k not in OPERATIONAL_KEYS}
+    """8 hex digits of the hash of every non-operational key of ``args`` (keys added later at
+    their implied value left out)."""
+    defining = {k: v for k, v in without_added_defaults(args).items()
+                if k not in OPERATIONAL_KEYS}
     return hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -89,7 +98,9 @@ def is_vanilla(args):
 
 def normalised_args(args):
     """``args`` without DC3's fields when DC3 is off, so that a vanilla run recorded before
-    2026-12-04 (with them) and one recorded since (without them) compare equal."""
+    2026-12-04 (with them) and one recorded since (without them) compare equal; and without the
+    keys added later that hold their implied value (``without_added_defaults``)."""
+    args = without_added_defaults(args)
     if not is_vanilla(args):
         return dict(args)
     return {k: v for k, v in args.items() if k not in LEGACY_DC3_KEYS}
@@ -103,15 +114,15 @@ def legacy_run_dir(parent, method_name, args):
     """
     if not os.path.isdir(parent):
         return None
-    wanted = {k: v for k, v in args.items() if k not in OPERATIONAL_KEYS}
+    wanted = {k: v for k, v in without_added_defaults(args).items() if k not in OPERATIONAL_KEYS}
     for name in sorted(os.listdir(parent)):
         if not name.startswith(f'{method_name}_co0_'):
             continue
         path = os.path.join(parent, name, ARGS_FILE)
         try:
             with open(path, encoding='utf-8') as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError):
+                old = without_added_defaults(json.load(f))
+        except (OSError, json.JSONDecodeError, AttributeError):
             continue
         extra = {k: v for k, v in old.items() if k not in wanted and k not in OPERATIONAL_KEYS}
         if (all(old.get(k) == v for k, v in wanted.items()) and set(extra) <= LEGACY_DC3_KEYS

@@ -27,6 +27,7 @@ from absl import app, flags
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from libml import io_utils, methods, run_files
 from libml.errors import DC3Error
+from libml.run_args import ADDED_DEFAULTS
 from scripts import report as report_lib
 
 FLAGS = flags.FLAGS
@@ -168,7 +169,9 @@ def matching_run(existing, run, defaults):
             continue
         if run_files.is_vanilla(args) != run_files.is_vanilla(wanted):
             continue  # a vanilla run's args.json may lack DC3's fields altogether
-        if all(_same(args[k], v) for k, v in identity.items() if k in args):
+        # A key added later is, where args.json lacks it, the value the older code implied.
+        recorded = {**ADDED_DEFAULTS, **args}
+        if all(_same(recorded[k], v) for k, v in identity.items() if k in recorded):
             return run_dir, args
     return None
 
