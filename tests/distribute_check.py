@@ -49,12 +49,17 @@ CASES = {
     'dnll': (dnll.DNLL, {'consistency_weight': 50.0, 'warmup_pos': 0.0, 'negative_weight': 1.0,
                          'num_negatives': 3, 'negative_threshold': 1.0},
              dc3.DC3Config(combined_output=0, wou=0, wol=0)),
+    # One network call per subset: each all-reduces its own moments; the moving statistics keep
+    # the labeled call's update (restored on every replica after the unlabeled call).
+    'per_subset': (mean_teacher.MeanTeacher, {'consistency_weight': 50.0, 'warmup_pos': 0.0},
+                   dc3.DC3Config(combined_output=0, wou=0, wol=0)),
 }
+MODEL = {'per_subset': {'bn_batches': 'per_subset'}}  # network settings of a case, if any
 
 
 # Absolute tolerance of the weights per case (relative: 1e-4). DNLL trains two networks through
 # one shared loss; after its three steps single elements near zero differed by up to 3e-6.
-WEIGHT_ATOL = {'vanilla': 1e-6, 'dc3': 1e-6, 'dnll': 1e-5}
+WEIGHT_ATOL = {'vanilla': 1e-6, 'dc3': 1e-6, 'dnll': 1e-5, 'per_subset': 1e-6}
 
 
 def build(case, work_dir, strategy):
@@ -62,7 +67,8 @@ def build(case, work_dir, strategy):
     mirrored = strategy == 'mirrored'
     global_batch = BATCH * REPLICAS
     return make_method(cls, sys.argv[1], os.path.join(work_dir, f'{case}_{strategy}'), dc3_config,
-                       hparams, model={'sync_bn': int(mirrored)}, strategy=strategy,
+                       hparams, model={'sync_bn': int(mirrored), **MODEL.get(case, {})},
+                       strategy=strategy,
                        batch=BATCH if mirrored else global_batch, uratio=URATIO, augment='x.x.x',
                        seed=SEED, train_kimg=(STEPS + 1) * global_batch / 1024, report_kimg=1,
                        save_kimg=1)
