@@ -51,12 +51,13 @@ def method_class(name):
 
 
 def make_method(name, info, train_dir, dc3=False, mixed_precision=0, filters=32, repeat=4,
-                scales=0, batch=64, uratio=1, augment=None, fused_bn_act='auto'):
+                scales=0, batch=64, uratio=1, augment=None, fused_bn_act='auto',
+                bn_batches='joint'):
     """One method built as its script builds it (``libml.methods.build``, its hyperparameters and
     augmentation at the script's defaults), with DC3 composed in when ``dc3``.
 
     ``dc3=False`` is the vanilla method; ``dc3=True`` is DC3 with its defaults. ``fused_bn_act``
-    as the scripts' flag (default auto).
+    and ``bn_batches`` as the scripts' flags (default auto, joint).
     """
     from libml import dc3 as dc3_lib
     from libml import methods, models, trainer
@@ -65,7 +66,7 @@ def make_method(name, info, train_dir, dc3=False, mixed_precision=0, filters=32,
         train_dir=str(train_dir), dataset=f'{info.name}.{info.seed}@-1-10', batch=batch,
         uratio=uratio, augment=augment or defaults['augment'], mixed_precision=mixed_precision)
     model_config = models.ModelConfig(filters=filters, scales=scales, repeat=repeat,
-                                      fused_bn_act=fused_bn_act)
+                                      fused_bn_act=fused_bn_act, bn_batches=bn_batches)
     return methods.build(method_class(name), info, -1, train_config, model_config,
                          dc3_lib.DC3Config() if dc3 else None, **methods.params_defaults(name))
 

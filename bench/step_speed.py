@@ -13,6 +13,7 @@ labeled + unlabeled x views (Mean Teacher's extra teacher forward pass is not co
     python -m bench.step_speed --quick               # Mean Teacher and FixMatch only, 3 steps
     python -m bench.step_speed --breakdown           # forward / backward / optimizer / EMA split
     python -m bench.step_speed --ab fused_act        # the fused BN + leaky ReLU op against TF's
+    python -m bench.step_speed --ab per_subset --methods mean_teacher   # --bn_batches per_subset
     python -m bench.step_speed --fused_bn_act off    # every step with TensorFlow's kernels
     python -m bench.step_speed --profile --methods fixmatch --uratio 7   # time per op type
 """
@@ -31,7 +32,11 @@ from libml.errors import DC3Error
 ALL_ROWS = [('fully_supervised', 1), ('pi_model', 1), ('mean_teacher', 1), ('pseudo_label', 1),
             ('fixmatch', 1), ('fixmatch', 7)]
 PRECISIONS = {'fp32': 0, 'bf16': 1}
-EXPERIMENTS = ('fused_act',)  # --ab (the xla and keras_bn experiments: BENCHMARKS.md section 5)
+# --ab: name -> (the baseline's build settings, the experiment's). fused_act: the fused batch
+# norm + leaky ReLU op against TensorFlow's kernels; per_subset: one network call per subset
+# against one joint call (--bn_batches). The xla and keras_bn experiments: BENCHMARKS.md section 5.
+EXPERIMENTS = {'fused_act': ({'fused_bn_act': 'off'}, {'fused_bn_act': 'on'}),
+               'per_subset': ({}, {'bn_batches': 'per_subset'})}
 
 
 def parse_args(argv=None):
@@ -52,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument('--ab', choices=sorted(EXPERIMENTS),
                    help='instead of the matrix: the first method (vanilla) against a modified copy '
                         'of it, alternately: fused_act = --fused_bn_act on against off '
-                        '(libml/fused_ops.py, needs g++)')
+                        '(libml/fused_ops.py, needs g++); per_subset = --bn_batches per_subset '
+                        'against joint')
     p.add_argument('--fused_bn_act', default='auto', choices=['auto', 'on', 'off'],
                    help='as the training scripts\' flag; --ab fused_act sets it itself')
     p.add_argument('--intra_threads', type=int, default=0,
@@ -120,11 +126,13 @@ def timed(fn, batch):
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def build(args, name, uratio, dc3, precision, tmp, info, fused_bn_act=None):
+def build(args, name, uratio, dc3, precision, tmp, info, **settings):
+    """The method ``name`` as bench.make_method builds it; ``settings`` override its network
+    settings (``fused_bn_act`` defaults to the command line's)."""
     return bench.make_method(name, info, os.path.join(tmp, 'runs'), dc3=dc3,
                              mixed_precision=PRECISIONS[precision], filters=args.filters,
                              batch=args.batch, uratio=uratio,
-                             fused_bn_act=fused_bn_act or args.fused_bn_act)
+                             **{'fused_bn_act': args.fused_bn_act, **settings})
 
 
 def time_row(args, name, uratio, precision, tmp, info):
@@ -201,11 +209,11 @@ def run_ab(args, tmp, info):
     """Baseline step against a modified step, alternately, per precision."""
     name, out = args.methods.split(',')[0], []
     for precision in args.precisions.split(','):
-        # TensorFlow's kernels (--fused_bn_act off) against the fused op (on).
+        baseline, experiment = EXPERIMENTS[args.ab]
         methods = {'baseline': build(args, name, args.uratio, False, precision, tmp, info,
-                                     fused_bn_act='off'),
+                                     **baseline),
                    args.ab: build(args, name, args.uratio, False, precision, tmp, info,
-                                  fused_bn_act='on')}
+                                  **experiment)}
         batches = prefetch(methods['baseline'], info)
         for method in methods.values():
             for i in range(1 + args.warmup):
