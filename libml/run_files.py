@@ -44,6 +44,12 @@ def without_added_defaults(args):
             if k not in ADDED_DEFAULTS or v != ADDED_DEFAULTS[k]}
 
 
+def with_added_defaults(args):
+    """``args`` with every key added later that it lacks set to the value older code implied: a
+    run recorded before the key, as the current code would record it."""
+    return {**ADDED_DEFAULTS, **args}
+
+
 def args_digest(args):
     """8 hex digits of the hash of every non-operational key of ``args`` (keys added later at
     their implied value left out)."""

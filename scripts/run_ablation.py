@@ -27,7 +27,6 @@ from absl import app, flags
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from libml import io_utils, methods, run_files
 from libml.errors import DC3Error
-from libml.run_args import ADDED_DEFAULTS
 from scripts import report as report_lib
 
 FLAGS = flags.FLAGS
@@ -169,8 +168,7 @@ def matching_run(existing, run, defaults):
             continue
         if run_files.is_vanilla(args) != run_files.is_vanilla(wanted):
             continue  # a vanilla run's args.json may lack DC3's fields altogether
-        # A key added later is, where args.json lacks it, the value the older code implied.
-        recorded = {**ADDED_DEFAULTS, **args}
+        recorded = run_files.with_added_defaults(args)  # a key args.json predates
         if all(_same(recorded[k], v) for k, v in identity.items() if k in recorded):
             return run_dir, args
     return None
