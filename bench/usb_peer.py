@@ -50,8 +50,9 @@ it); this file has two modes:
 
   starts the project's TF worker (bench.torch_peer.Worker 'tf': the real ``method._train_step``,
   vanilla, ``--filters 32``) and a USB worker, runs blocks of steps alternately (ours, USB, USB,
-  ours, ...), prints img/s, GFLOP/s and the ratios ours / USB (median, best, per CPU-second), and
-  writes bench/out/usb_peer.json.
+  ours, ...), prints img/s, GFLOP/s, each side's share of the CPU's measured peak (bench/peak.py,
+  run first) and the ratios ours / USB (median, best, per CPU-second), and writes
+  bench/out/usb_peer.json.
 
 Both networks are FixMatch's WRN-28-2: 3x3 stem of 16, three stages of four pre-activation blocks
 of 32 / 64 / 128 filters, leaky ReLU 0.1, a 1x1 shortcut where the width changes, a 10-way linear
@@ -341,7 +342,7 @@ def usb_worker(args, algorithm, uratio, precision):
     return worker
 
 
-def versus_ours(args):
+def versus_ours(args, cpu_peak=None):
     import bench
     from bench import torch_peer
     args.dc3 = False  # torch_peer.Worker's flags: the vanilla step
@@ -380,6 +381,13 @@ def versus_ours(args):
             for metric in ('img_per_s', 'best_img_per_s', 'img_per_cpu_s', 'labeled_img_per_s',
                            'gflop_per_s'):
                 row[f'ours_over_usb_{metric}'] = row['ours'][metric] / row['usb'][metric]
+            shares = ''
+            if cpu_peak:
+                row['peak_gflop_per_s'] = cpu_peak['precisions'][precision]['peak_gflops']
+                for kind in workers:
+                    row[kind]['share_of_peak'] = row[kind]['gflop_per_s'] / row['peak_gflop_per_s']
+                shares = (f", share of peak ours {row['ours']['share_of_peak']:.0%} USB "
+                          f"{row['usb']['share_of_peak']:.0%}")
             results.append(row)
             o, u = row['ours'], row['usb']
             print(f"{config:12s} {precision}: ours {o['img_per_s']:6.1f} img/s (best "
@@ -391,13 +399,14 @@ def versus_ours(args):
                   f"{row['ours_over_usb_best_img_per_s']:.2f}, per CPU-second "
                   f"{row['ours_over_usb_img_per_cpu_s']:.2f}, labeled img/s "
                   f"{row['ours_over_usb_labeled_img_per_s']:.2f}, GFLOP/s "
-                  f"{row['ours_over_usb_gflop_per_s']:.2f}  [{time.time() - start:.0f} s]",
+                  f"{row['ours_over_usb_gflop_per_s']:.2f}{shares}  [{time.time() - start:.0f} s]",
                   flush=True)
     return results
 
 
 def drive(args):
     import bench
+    from bench import peak
     from libml import io_utils
     unknown = [c for c in args.configs.split(',') if c not in CONFIGS]
     if unknown:
@@ -417,13 +426,20 @@ def drive(args):
           f"trainable (WRN formula {analytic:,}); USB wrn_28_2 formula {analytic_usb:,} (worker "
           f"counts its own below); forward {forward / 1e6:.1f} MFLOP/image at {args.size} px",
           flush=True)
-    rows = versus_ours(args)
+    try:  # the CPU's measured peak per precision, for the shares of peak (bench/peak.py)
+        cpu_peak = peak.peak()
+        for line in peak.describe(cpu_peak):
+            print(line, flush=True)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        cpu_peak = None
+        print(f'usb_peer: no shares of peak ({e})', flush=True)
+    rows = versus_ours(args, cpu_peak)
     for row in rows[:1]:
         print(f"USB wrn_28_2 parameters (torch): {row['usb_worker']['params']:,}; "
               f"{row['usb_worker']['algorithm_class']}, semilearn "
               f"{row['usb_worker']['versions']['semilearn']}, torch "
               f"{row['usb_worker']['versions']['torch']}", flush=True)
-    result = {'vs_usb': rows, 'machine': machine, 'args': vars(args),
+    result = {'vs_usb': rows, 'machine': machine, 'args': vars(args), 'peak': cpu_peak,
               'params': {'ours_trainable': ours['trainable'],
                          'ours_non_trainable': ours['non_trainable'],
                          'ours_formula': analytic, 'usb_formula': analytic_usb,
