@@ -13,6 +13,7 @@ Two numbers per precision, because they differ on every machine we ran on:
   them) that nothing but the vector units limits. Its quotient by cores x FLOPs per cycle is the
   clock the cores really ran at.
 
+Measure on a quiet machine: a job on another core lowers the measured peak as it slows a step.
 Shares of peak in BENCHMARKS.md are against the measured peak (the tighter, i.e. larger, one where
 the cores boost above the nominal clock). AMX is not measured (the kernel has no tile code): on an
 AMX machine the bf16 row is the formula's.
@@ -112,29 +113,37 @@ def measure(seconds=0.5, out_dir=os.path.join(ROOT, 'bench', 'out')):
 
 
 def peak(seconds=0.5):
-    """Formula and measured peak per precision (GFLOP/s), and the clock the measurement implies."""
+    """Formula and measured peak per precision (GFLOP/s), and the clock the measurement implies.
+
+    bf16 on an AMX CPU is the formula's (the kernel has no tile code, its number would be far too
+    low); on a CPU without bf16 units it is the fp32 row, since bf16 math runs as fp32 there.
+    """
     info = cpuinfo()
     cores = os.cpu_count()
     per_cycle = flops_per_cycle(info)
     kernels = measure(seconds)
-    result = {'model_name': info['model_name'], 'cores': cores, 'nominal_mhz': info['mhz'],
-              'flops_per_cycle': per_cycle, 'kernels': kernels, 'precisions': {}}
-    for precision, names in KERNELS.items():
-        measured = max((kernels[n]['total'] for n in names if n in kernels), default=None)
-        source = 'measured'
-        if precision == 'bf16' and (measured is None or 'amx_bf16' in info['flags']):
-            measured, source = None, 'formula'
+
+    def row(precision, measured):
         formula = cores * info['mhz'] * 1e-3 * per_cycle[precision]
-        row = {'formula_gflops': formula, 'measured_gflops': measured,
-               'peak_gflops': measured if measured is not None else formula, 'source': source}
-        if measured is not None:
-            row['effective_ghz'] = measured / (cores * per_cycle[precision])
-        result['precisions'][precision] = row
-    if result['precisions']['bf16']['source'] == 'formula' and 'avx512_bf16' not in info['flags'] \
-            and 'amx_bf16' not in info['flags']:
-        # No bf16 units: bf16 math runs at the fp32 rate.
-        result['precisions']['bf16'] = dict(result['precisions']['fp32'], source='fp32 (no bf16)')
-    return result
+        if measured is None:
+            return {'formula_gflops': formula, 'measured_gflops': None, 'peak_gflops': formula,
+                    'source': 'formula'}
+        return {'formula_gflops': formula, 'measured_gflops': measured, 'peak_gflops': measured,
+                'source': 'measured', 'effective_ghz': measured / (cores * per_cycle[precision])}
+
+    def measured(precision):
+        return max((kernels[n]['total'] for n in KERNELS[precision] if n in kernels),
+                   default=None)
+
+    precisions = {'fp32': row('fp32', measured('fp32'))}
+    if 'amx_bf16' in info['flags']:
+        precisions['bf16'] = row('bf16', None)
+    elif 'avx512_bf16' in info['flags']:
+        precisions['bf16'] = row('bf16', measured('bf16'))
+    else:
+        precisions['bf16'] = dict(precisions['fp32'], source='fp32 (no bf16 units)')
+    return {'model_name': info['model_name'], 'cores': cores, 'nominal_mhz': info['mhz'],
+            'flops_per_cycle': per_cycle, 'kernels': kernels, 'precisions': precisions}
 
 
 def describe(result):

@@ -52,7 +52,7 @@ def test_without_bf16_units_bf16_runs_at_the_fp32_peak(monkeypatch):
     monkeypatch.setattr(peak, 'measure', fake_measure({'fma_ymm_fp32': 100.0}))
     result = peak.peak()['precisions']
     assert result['bf16']['peak_gflops'] == result['fp32']['peak_gflops'] == pytest.approx(200.0)
-    assert result['bf16']['source'] == 'fp32 (no bf16)'
+    assert result['bf16']['source'] == 'fp32 (no bf16 units)'
 
 
 def test_amx_bf16_peak_is_the_formula(monkeypatch):
