@@ -90,7 +90,14 @@ def build(out_dir):
     binary = os.path.join(out_dir, f'peak_fma_{digest}')
     if not os.path.exists(binary):
         os.makedirs(out_dir, exist_ok=True)
-        subprocess.run([compiler, '-O3', '-o', binary + '.tmp', SOURCE], check=True)
+        done = subprocess.run([compiler, '-O3', '-o', binary + '.tmp', SOURCE],
+                              capture_output=True, text=True)
+        if done.returncode:
+            errors = [line for line in done.stderr.splitlines() if 'error:' in line] or [
+                f'{compiler} exited with {done.returncode}']
+            raise RuntimeError(f'bench.peak: compiling {os.path.relpath(SOURCE, ROOT)} failed: '
+                               f'{errors[0].strip()} (a compiler with AVX-512 BF16 intrinsics, '
+                               'gcc >= 10 or clang >= 11, is needed)')
         os.replace(binary + '.tmp', binary)
     return binary
 
@@ -168,7 +175,10 @@ def main(argv=None):
     p.add_argument('--seconds', type=float, default=0.5, help='minimum time per kernel run')
     p.add_argument('--out', default=os.path.join(ROOT, 'bench', 'out', 'peak.json'))
     args = p.parse_args(argv)
-    result = peak(args.seconds)
+    try:
+        result = peak(args.seconds)
+    except RuntimeError as e:
+        sys.exit(str(e))
     for line in describe(result):
         print(line)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

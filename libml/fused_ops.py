@@ -89,7 +89,7 @@ def build(compiler='g++', out_dir=None, source=None):
         done = subprocess.run([compiler, source, '-o', tmp] + flags + link,
                               capture_output=True, text=True)
         if done.returncode:
-            errors = [line for line in done.stderr.splitlines() if 'error' in line]
+            errors = [line for line in done.stderr.splitlines() if 'error:' in line]
             first = errors[0].strip() if errors else f'{compiler} exited with {done.returncode}'
             raise BuildError(f'compiling {source} failed: {first}')
         os.replace(tmp, target)

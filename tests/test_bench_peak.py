@@ -83,3 +83,14 @@ def test_the_kernel_runs_what_the_cpu_has(tmp_path):
         assert len(result['per_core']) == peak.os.cpu_count()
         assert all(v > 0 for v in result['per_core'])
         assert result['total'] == pytest.approx(sum(result['per_core']))
+
+
+@pytest.mark.skipif(shutil.which('cc') is None and shutil.which('gcc') is None,
+                    reason='no C compiler')
+def test_a_compile_error_is_one_line_and_leaves_no_binary(tmp_path, monkeypatch):
+    source = tmp_path / 'broken.c'
+    source.write_text('int main(void) { return undefined_name; }\n')
+    monkeypatch.setattr(peak, 'SOURCE', str(source))
+    with pytest.raises(RuntimeError, match='compiling .*broken.c failed: .*undefined_name'):
+        peak.build(str(tmp_path / 'out'))
+    assert not [f for f in (tmp_path / 'out').iterdir() if not f.name.endswith('.tmp')]

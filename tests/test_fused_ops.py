@@ -128,7 +128,7 @@ def test_a_failed_build_says_why_in_one_line_and_leaves_no_file(tmp_path):
     out = tmp_path / 'kernels'
     with pytest.raises(fused_ops.BuildError) as failed:
         fused_ops.build(source=str(broken), out_dir=str(out))
-    assert 'error' in str(failed.value) and '\n' not in str(failed.value)
+    assert 'error:' in str(failed.value) and '\n' not in str(failed.value)
     assert list(out.iterdir()) == []  # the temporary library was removed
     with pytest.raises(fused_ops.BuildError, match='not found'):
         fused_ops.build(compiler='no-such-compiler', out_dir=str(out))
