@@ -469,13 +469,39 @@ def table_path(results, ours_dir=OURS_DIR):
     return os.path.join(results, f'table{_tag(ours_dir)}')
 
 
+def stored_selection(args):
+    """{method: seeds} of the table: ``--methods`` and ``--seeds`` as given, plus every method and
+    seed our ``--ours_dir`` has a stored record of (at ``--kimg`` and ``--bn_momentum``); a seed
+    or method no side has a record of is left out. So a ``--run`` of some methods or new seeds
+    rewrites the table with every stored run of ours, not only its own."""
+    names = set(os.listdir(args.results)) if os.path.isdir(args.results) else set()
+    seeds = sorted({int(part[len('seed'):]) for name in names for part in name.split('_')
+                    if part.startswith('seed') and part[len('seed'):].isdigit()} | set(args.seeds))
+
+    def ours(seed, method):
+        return os.path.basename(ours_record_path(seed, method, args.kimg, args.bn_momentum,
+                                                 args.results, args.ours_dir)) in names
+
+    def usb(seed, method):
+        return os.path.basename(usb_result_path(seed, method, args.kimg, args.bn_momentum,
+                                                args.results)) in names
+
+    selection = {}
+    for method in METHODS:
+        chosen = [seed for seed in seeds if ours(seed, method) or (
+            method in args.methods and seed in args.seeds and usb(seed, method))]
+        if chosen:
+            selection[method] = chosen
+    return selection
+
+
 def table(args):
     """Mean ± std over seeds per method, weights (EMA / raw), side and metric, from the stored
-    records -> ``table_path``.md and .json."""
+    records of ``stored_selection`` -> ``table_path``.md and .json."""
     rows, per_seed = [], []
-    for method in args.methods:
+    for method, seeds in stored_selection(args).items():
         results = {'ours': [], 'usb': []}
-        for seed in args.seeds:
+        for seed in seeds:
             usb_path = usb_result_path(seed, method, args.kimg, args.bn_momentum, args.results)
             usb = json.load(open(usb_path)) if os.path.exists(usb_path) else None
             ours = stored_ours(seed, method, args.kimg, args.bn_momentum, args.ours_dir,
@@ -531,8 +557,11 @@ def main():
     mode.add_argument('--run', action='store_true')
     mode.add_argument('--table', action='store_true')
     mode.add_argument('--worker', action='store_true')
-    parser.add_argument('--seeds', default='1,2,3')
-    parser.add_argument('--methods', default=','.join(METHODS))
+    parser.add_argument('--seeds', default='1,2,3', help='the data seeds to train (--run) and '
+                        'to tabulate; the table also lists every other stored run of ours')
+    parser.add_argument('--methods', default=','.join(METHODS), help='the methods to train '
+                        '(--run) and to tabulate; the table also lists every other method with '
+                        'a stored run of ours')
     parser.add_argument('--sides', default='usb,ours')
     parser.add_argument('--kimg', type=float, default=24.0)
     parser.add_argument('--bn_momentum', type=float, default=0.99,

@@ -143,3 +143,43 @@ def test_a_run_still_training_or_cut_short_does_not_count(tmp_path):
     write_run(ours_dir, 1, 'FixMatch_c', 24.0, [])                         # no report yet
     os.remove(os.path.join(ours_dir, 'cifar10n.1@-1-10', 'FixMatch_c', 'metrics.jsonl'))
     assert usb_quality.ours_result(1, 'fixmatch', 24.0, 0.99, ours_dir) is None
+
+
+def test_the_table_lists_every_stored_run_not_only_those_of_the_last_run(tmp_path):
+    """A --run of one method and new seeds rewrites the table; the other stored runs of ours stay
+    in it, and a method or seed that only USB has records of (for this --ours_dir) is left out
+    unless asked for."""
+    out, ours_dir = str(tmp_path / 'results'), str(tmp_path / 'ours_variant')
+    os.makedirs(out)
+
+    def record(path, accuracy, run='run'):
+        with open(path, 'w') as f:
+            json.dump({'run': run, 'raw_bn': {'accuracy': accuracy, 'macro_f1': accuracy}}, f)
+
+    for seed in (1, 2, 3):
+        record(usb_quality.usb_result_path(seed, 'fixmatch', 24.0, 0.99, out), 0.40)
+        record(usb_quality.ours_record_path(seed, 'fixmatch', 24.0, 0.99, out, ours_dir), 0.41)
+        record(usb_quality.usb_result_path(seed, 'mean_teacher', 24.0, 0.99, out), 0.30)
+    for seed in (1, 2, 3, 4, 5):
+        record(usb_quality.usb_result_path(seed, 'pseudo_label', 24.0, 0.99, out), 0.50)
+    for seed in (4, 5):
+        record(usb_quality.ours_record_path(seed, 'pseudo_label', 24.0, 0.99, out, ours_dir),
+               0.49)
+    # another budget and the default --ours_dir: neither belongs to this table
+    record(usb_quality.ours_record_path(6, 'pseudo_label', 256.0, 0.99, out, ours_dir), 0.9)
+    record(usb_quality.ours_record_path(7, 'mean_teacher', 24.0, 0.99, out), 0.9)
+    args = argparse.Namespace(methods=['pseudo_label'], seeds=[4, 5], kimg=24.0, results=out,
+                              ours_dir=ours_dir, bn_momentum=0.99)
+    assert usb_quality.stored_selection(args) == {'fixmatch': [1, 2, 3],
+                                                   'pseudo_label': [4, 5]}
+    rows = {(row['method'], row['model']): row for row in usb_quality.table(args)}
+    assert {method for method, _ in rows} == {'fixmatch', 'pseudo_label'}
+    fixmatch, pseudo_label = rows['fixmatch', 'raw_bn'], rows['pseudo_label', 'raw_bn']
+    assert fixmatch['difference_accuracy']['seeds'] == 3
+    assert np.isclose(fixmatch['difference_accuracy']['mean'], 0.01)
+    assert pseudo_label['usb_accuracy']['seeds'] == 2 and pseudo_label['ours_accuracy']['seeds'] == 2
+    assert pseudo_label['difference_accuracy']['seeds'] == 2
+    assert np.isclose(pseudo_label['difference_accuracy']['mean'], -0.01)
+    asked = argparse.Namespace(**{**vars(args), 'methods': ['mean_teacher'], 'seeds': [1, 2]})
+    assert usb_quality.stored_selection(asked) == {'fixmatch': [1, 2, 3], 'mean_teacher': [1, 2],
+                                                    'pseudo_label': [4, 5]}
