@@ -83,19 +83,33 @@ def images_per_step(method):
     return cfg.batch + cfg.batch * cfg.uratio * views, cfg.batch
 
 
-def machine_info():
-    """CPU model, core count, library versions and the date, for every result file."""
-    cpu = 'unknown'
-    flags = set()
+def cpuinfo():
+    """Vendor, family, model name, flags and clock (MHz) of the first processor in /proc/cpuinfo
+    (defaults where it cannot be read)."""
+    info = {'vendor': '', 'family': 0, 'model_name': 'unknown', 'flags': set(), 'mhz': 0.0}
     try:
         with open('/proc/cpuinfo', encoding='utf-8') as f:
             for line in f:
-                if line.startswith('model name') and cpu == 'unknown':
-                    cpu = line.split(':', 1)[1].strip()
-                elif line.startswith('flags') and not flags:
-                    flags = set(line.split(':', 1)[1].split())
+                key, _, value = (s.strip() for s in line.partition(':'))
+                if key == 'vendor_id' and not info['vendor']:
+                    info['vendor'] = value
+                elif key == 'cpu family' and not info['family']:
+                    info['family'] = int(value)
+                elif key == 'model name' and info['model_name'] == 'unknown':
+                    info['model_name'] = value
+                elif key == 'flags' and not info['flags']:
+                    info['flags'] = set(value.split())
+                elif key == 'cpu MHz' and not info['mhz']:
+                    info['mhz'] = float(value)
     except OSError:
         pass
+    return info
+
+
+def machine_info():
+    """CPU model, core count, library versions and the date, for every result file."""
+    info = cpuinfo()
+    cpu, flags = info['model_name'], info['flags']
     versions = {}
     for package in ('tensorflow', 'keras', 'numpy', 'torch'):
         try:

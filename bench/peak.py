@@ -20,39 +20,19 @@ AMX machine the bf16 row is the formula's.
 """
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
+
+from bench import cpuinfo
+from libml import io_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, 'bench', 'peak_fma.c')
 # The kernel that measures each precision; bf16 falls back to fp32 on CPUs without bf16 units
 # (their bf16 convolutions run in fp32 arithmetic).
 KERNELS = {'fp32': ('fma_zmm_fp32', 'fma_ymm_fp32'), 'bf16': ('dpbf16_zmm_bf16',)}
-
-
-def cpuinfo():
-    """vendor, family, model name, flags and the clock (MHz) of the first processor."""
-    info = {'vendor': '', 'family': 0, 'model_name': 'unknown', 'flags': set(), 'mhz': 0.0}
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                key, _, value = (s.strip() for s in line.partition(':'))
-                if key == 'vendor_id' and not info['vendor']:
-                    info['vendor'] = value
-                elif key == 'cpu family' and not info['family']:
-                    info['family'] = int(value)
-                elif key == 'model name' and info['model_name'] == 'unknown':
-                    info['model_name'] = value
-                elif key == 'flags' and not info['flags']:
-                    info['flags'] = set(value.split())
-                elif key == 'cpu MHz' and not info['mhz']:
-                    info['mhz'] = float(value)
-    except OSError:
-        pass
-    return info
 
 
 def flops_per_cycle(info):
@@ -181,10 +161,7 @@ def main(argv=None):
         sys.exit(str(e))
     for line in describe(result):
         print(line)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + '.tmp', 'w', encoding='utf-8') as f:
-        json.dump(result, f, indent=1)
-    os.replace(args.out + '.tmp', args.out)
+    io_utils.write_json(args.out, result)  # atomic: temp file + rename
     print(f'wrote {os.path.relpath(args.out, ROOT)}', file=sys.stderr)
 
 
