@@ -10,13 +10,13 @@ image's soft label has no class at 1), which works for any multi-annotator datas
         --truth data/raw/Synthetic/truth.csv
     python bench/ambiguity_check.py --run_dir experiments/cifar10n/cifar10n.1@-1-10/MeanTeacher_co4_...
 """
-import glob
 import os
 
 import pandas as pd
 from absl import app, flags
 
-from libml import metrics
+from bench import ambiguity_curves
+from libml import io_utils, metrics, run_files
 
 flags.DEFINE_string('run_dir', None, 'Run folder (with reports/).', required=True)
 flags.DEFINE_string('truth', None, 'truth.csv of the synthetic data (default: the annotators '
@@ -26,14 +26,11 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
-    report = sorted(glob.glob(os.path.join(FLAGS.run_dir, 'reports', 'img*')))[-1]
+    report = run_files.find_report(FLAGS.run_dir)
     pred = pd.read_csv(os.path.join(report, f'{FLAGS.split}.csv'))
-    if FLAGS.truth:
-        truth = pd.read_csv(FLAGS.truth).set_index('image_path')
-        blended, kind = truth.loc[pred['path'], 'alpha'].to_numpy() > 0, 'blends'
-    else:
-        soft = pred[[c for c in pred if c.startswith('soft_')]].to_numpy()
-        blended, kind = soft.max(axis=1) < 1, 'ambiguous (annotators disagree)'
+    truth = ambiguity_curves.read_truth(FLAGS.truth) if FLAGS.truth else None
+    blended = ambiguity_curves.is_ambiguous(pred, truth)
+    kind = 'blends' if FLAGS.truth else 'ambiguous (annotators disagree)'
     probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
     print(f'report {report}: {len(pred)} images, {blended.mean():.1%} {kind}')
     if pred['ambiguity'].notna().any():
@@ -45,4 +42,4 @@ def main(_):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(lambda argv: io_utils.run_cli(main, argv))

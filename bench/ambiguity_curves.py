@@ -4,12 +4,15 @@ For each run folder (one with ``args.json``) and each of its reports (``reports/
 prediction CSV of the split and the report's metrics from ``metrics.jsonl`` (a run kept by
 ``bench/keep_results.py`` has no CSVs: its stored rows), and writes one row: run, method,
 variant, seed, kimg, F1 on the certain images, d, d - F1, the share called ambiguous, accuracy,
-the AUROC of ``p_a`` against "the annotators disagree" (soft label without a class at 1)
-and the same AUROC for the classifier's ``1 - max p_n``. Writes ``curves.csv``, ``curves.md``
-(the last report of each run) and, when matplotlib is installed, ``curves.png`` (F1 and p_a's
-AUROC against kimg, one line per run).
+the AUROC of ``p_a`` against the truth and the same AUROC for the classifier's ``1 - max p_n``.
+The truth is "the annotators disagree" (soft label without a class at 1), or with ``--truth`` the
+synthetic data's ``truth.csv``: "is a blend of two classes" (``alpha > 0``). Writes
+``curves.csv``, ``curves.md`` (the last report of each run) and, when matplotlib is installed,
+``curves.png`` (F1 and p_a's AUROC against kimg, one line per run).
 
     python -m bench.ambiguity_curves experiments/cifar10n_long --out bench/out/long
+    python -m bench.ambiguity_curves experiments/synthetic_faithful --out bench/out/synthetic \
+        --truth data/raw/Synthetic/truth.csv
 """
 import argparse
 import os
@@ -27,10 +30,39 @@ def kept_rows_path(run_dir, split):
     return os.path.join(run_dir, f'curves.{split}.json')
 
 
-def report_rows(run_dir, split):
-    """One row per report of ``run_dir``: from its CSVs, or a kept run's stored rows."""
+def read_truth(path):
+    """The synthetic data's truth.csv as a Series: image path -> is a blend of two classes."""
+    try:
+        truth = pd.read_csv(path, index_col='image_path')
+        return truth['alpha'] > 0
+    except (OSError, ValueError, KeyError) as e:
+        raise DC3Error(f'cannot read the truth file {path} ({e}): pass the truth.csv that '
+                       f'scripts/make_synthetic.py wrote next to the raw synthetic images') from None
+
+
+def is_ambiguous(pred, truth=None):
+    """Which images of a prediction CSV are ambiguous: blends (``truth``) or disagreement."""
+    if truth is None:
+        soft = pred[[c for c in pred if c.startswith('soft_')]].to_numpy()
+        return soft.max(axis=1) < 1
+    missing = ~pred['path'].isin(truth.index)
+    if missing.any():
+        raise DC3Error(f'{missing.sum()} predicted images are not in the truth file, e.g. '
+                       f'{pred["path"][missing].iloc[0]}: was the run trained on this synthetic '
+                       f'dataset?')
+    return truth.loc[pred['path']].to_numpy()
+
+
+def report_rows(run_dir, split, truth=None):
+    """One row per report of ``run_dir``: from its CSVs, or a kept run's stored rows.
+
+    ``truth`` (from ``read_truth``) replaces "the annotators disagree" as what the AUROCs rank.
+    """
     kept = kept_rows_path(run_dir, split)
     if not run_files.report_folders(run_dir) and os.path.exists(kept):
+        if truth is not None:
+            raise DC3Error(f'{run_dir} is a kept run without prediction CSVs: its stored AUROCs '
+                           f'rank against annotator disagreement, not --truth; leave --truth out')
         return io_utils.read_json(kept, 'kept report rows')
     args = io_utils.read_json(os.path.join(run_dir, 'args.json'), 'run arguments')
     by_images = {int(entry['images']): entry['splits'][split]['ema']
@@ -41,9 +73,8 @@ def report_rows(run_dir, split):
         if images not in by_images or not os.path.exists(csv):
             continue
         pred = pd.read_csv(csv)
-        soft = pred[[c for c in pred if c.startswith('soft_')]].to_numpy()
         probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
-        disagree = soft.max(axis=1) < 1
+        disagree = is_ambiguous(pred, truth)
         scores = by_images[images]
         has_head = pred['ambiguity'].notna().any()
         rows.append({
@@ -91,9 +122,12 @@ def main(argv=None):
     p.add_argument('paths', nargs='+', help='run folders or folders that contain them')
     p.add_argument('--split', default='val')
     p.add_argument('--out', required=True, help='folder for curves.csv / .md / .png')
+    p.add_argument('--truth', help='truth.csv of the synthetic data: rank against "is a blend" '
+                   'instead of "the annotators disagree"')
     args = p.parse_args(argv)
+    truth = read_truth(args.truth) if args.truth else None
     rows = [row for run_dir in report.find_run_dirs(args.paths)
-            for row in report_rows(run_dir, args.split)]
+            for row in report_rows(run_dir, args.split, truth)]
     if not rows:
         raise DC3Error(f'no reports with {args.split}.csv below {", ".join(args.paths)}')
     frame = pd.DataFrame(rows).sort_values(['method', 'variant', 'seed', 'kimg'])

@@ -13,6 +13,11 @@
 #                                    -> experiments/cifar10n_long
 #   bench/faithful_rerun.sh curves   F1, d and p_a's AUROC at every report of both series
 #                                    -> bench/out/faithful_{table2,long}/
+#   bench/faithful_rerun.sh synthetic  the five methods with the paper's DC3 and with
+#                                    --ambiguity_rank uncertainty on the synthetic data (make
+#                                    demo's budget, ~2-4 min per run), then p_a's AUROC against
+#                                    "is a blend" (truth.csv) -> bench/out/faithful_synthetic/
+#                                    (needs ./generate_datasets.sh first)
 #   bench/faithful_rerun.sh relabel  issue #16: Mean Teacher vanilla / DC3 / uncertainty, seeds
 #                                    1-3 (the table2 runs), then the simulated relabeling with
 #                                    their proposals (BENCHMARKS.md section 10)
@@ -40,6 +45,7 @@ kept_folder() {  # kept_folder TRAIN_DIR
 }
 
 KEEP=0  # 1: restore kept runs before and keep finished ones after every ablation (table2, long)
+DATASET=cifar10n
 
 ablation() {  # ablation TRAIN_DIR SEEDS METHODS VARIANTS EXTRA: one run at a time, each kept
   local kept method variant
@@ -49,7 +55,7 @@ ablation() {  # ablation TRAIN_DIR SEEDS METHODS VARIANTS EXTRA: one run at a ti
   fi
   for method in ${3//,/ }; do
     for variant in ${4//,/ }; do
-      "$PYTHON" scripts/run_ablation.py --dataset_name cifar10n --seeds "$2" \
+      "$PYTHON" scripts/run_ablation.py --dataset_name "$DATASET" --seeds "$2" \
         --methods "$method" --variants "$variant" --train_dir "$1" --extra "$5"
       if [ "$KEEP" = 1 ]; then "$PYTHON" -m bench.keep_results keep "$1" "$kept"; fi
     done
@@ -109,6 +115,19 @@ PY
     # shellcheck disable=SC2086  # one word per flag
     "$PYTHON" scripts/simulate_relabeling.py $sources --out bench/out/relabel_cifar10n \
       --acceptance_offset 0,0.2608,0.6481
+    ;;
+  synthetic)
+    DATASET=synthetic
+    out=experiments/synthetic_faithful
+    # make demo's budget and flags (Makefile DEMO_FLAGS, fp32); FixMatch at uratio 1 as in table2
+    extra="--filters 16 --repeat 2 --batch 32 --train_kimg 12 --report_kimg 4 --save_kimg 4"
+    extra="$extra --bn_momentum 0.99 --lr 0.03"
+    for variant in dc3 dc3_uncertainty; do
+      ablation "$out" 1 fully_supervised,pi_model,mean_teacher,pseudo_label "$variant" "$extra"
+      ablation "$out" 1 fixmatch "$variant" "$extra --uratio 1"
+    done
+    "$PYTHON" -m bench.ambiguity_curves "$out" --out bench/out/faithful_synthetic \
+      --truth "$ML_DATA/raw/Synthetic/truth.csv"
     ;;
   curves)
     for series in table2 long; do

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from bench import ambiguity_curves
+from libml.errors import DC3Error
 
 
 def fake_run(root, reports, name='MeanTeacher_x', train_kimg=2.0):
@@ -48,3 +49,25 @@ def test_one_row_per_report_with_independent_aurocs(tmp_path):
     out = tmp_path / 'out'
     assert ambiguity_curves.main([str(tmp_path / 'runs'), '--out', str(out)]) == 0
     assert len(pd.read_csv(out / 'curves.csv')) == 2
+
+
+def test_truth_file_replaces_disagreement_and_names_unknown_images(tmp_path):
+    run = fake_run(tmp_path / 'runs', [(1024, 0.4)])
+    csv = run / 'reports' / 'img0000001024' / 'val.csv'
+    pred = pd.read_csv(csv)
+    pred['path'] = [f'fold1/img_{i:05d}.png' for i in range(len(pred))]
+    pred.to_csv(csv, index=False)
+    blend = np.arange(len(pred)) % 4 == 0  # unrelated to the soft labels' disagreement
+    truth = pd.DataFrame({'image_path': pred['path'], 'alpha': np.where(blend, 0.5, 0.0)})
+    truth.to_csv(tmp_path / 'truth.csv', index=False)
+    rows = ambiguity_curves.report_rows(
+        str(run), 'val', ambiguity_curves.read_truth(str(tmp_path / 'truth.csv')))
+    assert rows[0]['AUROC p_a'] == pytest.approx(roc_auc_score(blend, pred['ambiguity']))
+    top = pred[['prob_0', 'prob_1', 'prob_2']].max(axis=1)
+    assert rows[0]['AUROC 1-max p_n'] == pytest.approx(roc_auc_score(blend, 1 - top))
+    truth.iloc[1:].to_csv(tmp_path / 'partial.csv', index=False)
+    with pytest.raises(DC3Error, match='1 predicted images are not in the truth file.*img_00000'):
+        ambiguity_curves.report_rows(
+            str(run), 'val', ambiguity_curves.read_truth(str(tmp_path / 'partial.csv')))
+    with pytest.raises(DC3Error, match='cannot read the truth file'):
+        ambiguity_curves.read_truth(str(tmp_path / 'missing.csv'))
