@@ -92,8 +92,11 @@ case "${1:-}" in
     out=experiments/cifar10n_long
     kimg="${LONG_KIMG:-256}"
     extra="$BASE --train_kimg $kimg --report_kimg 16 --save_kimg 16"
-    ablation "$out" 1 mean_teacher dc3,dc3_uncertainty,baseline "$extra"
-    ablation "$out" 1 fixmatch dc3,dc3_uncertainty,baseline "$extra --uratio 1"
+    # DC3 against vanilla for both methods first, our uncertainty variant after them
+    ablation "$out" 1 mean_teacher dc3,baseline "$extra"
+    ablation "$out" 1 fixmatch dc3,baseline "$extra --uratio 1"
+    ablation "$out" 1 mean_teacher dc3_uncertainty "$extra"
+    ablation "$out" 1 fixmatch dc3_uncertainty "$extra --uratio 1"
     "$PYTHON" scripts/report.py "$out" --split val --out "$out/tables"
     ;;
   relabel)
