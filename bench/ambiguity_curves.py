@@ -95,6 +95,7 @@ def _pct(value):
 
 
 def plot(frame, path):
+    """F1, d - F1 and p_a's AUROC against kimg: one line per method and variant (mean of seeds)."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -102,19 +103,31 @@ def plot(frame, path):
     except ImportError:
         print('matplotlib is not installed: no plot (pip install matplotlib)', file=sys.stderr)
         return
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for (variant, method, seed), run in frame.groupby(['variant', 'method', 'seed']):
-        label = f'{method} {variant} s{seed}'
-        for ax, column in zip(axes, ('F1', 'd-F1', 'AUROC p_a')):
-            if run[column].notna().any():
-                ax.plot(run['kimg'], run[column], marker='o', label=label)
-    for ax, column in zip(axes, ('F1 on certain images (%)', 'd - F1 (%)', 'AUROC of p_a')):
+    panels = (('F1', 'F1 on certain images (%)'), ('d-F1', 'd - F1 (%)'),
+              ('AUROC p_a', 'AUROC of p_a'))
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
+    palette = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    colors = dict(zip(sorted(frame['method'].unique()), palette))
+    styles = dict(zip(sorted(frame['variant'].unique()), ('-', '--', ':', '-.')))
+    for (method, variant), runs in frame.groupby(['method', 'variant']):
+        seeds = runs['seed'].nunique()
+        mean = runs.groupby('kimg')[[column for column, _ in panels]].mean()
+        label = f'{method} {variant}' + (f' (mean of {seeds} seeds)' if seeds > 1 else '')
+        for ax, (column, _) in zip(axes, panels):
+            if mean[column].notna().any():
+                ax.plot(mean.index, mean[column], marker='o', markersize=3, label=label,
+                        color=colors[method], linestyle=styles.get(variant, '-'))
+    for ax, (_, title) in zip(axes, panels):
         ax.set_xlabel('kimg')
-        ax.set_ylabel(column)
+        ax.set_ylabel(title)
         ax.grid(alpha=0.3)
+    axes[-1].axhline(0.5, color='grey', linewidth=0.8)  # chance
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    tmp = path + '.tmp.png'  # atomic like the tables: a kill leaves the old plot or the new one
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def main(argv=None):

@@ -11,8 +11,9 @@
 #                                    section 7), vanilla / DC3 / uncertainty, seed 1, LONG_KIMG
 #                                    (default 256) kimg with a report every 16 kimg
 #                                    -> experiments/cifar10n_long
-#   bench/faithful_rerun.sh curves   F1, d and p_a's AUROC at every report of both series
-#                                    -> bench/out/faithful_{table2,long}/
+#   bench/faithful_rerun.sh curves   F1, d and p_a's AUROC at every report of both series, and
+#                                    their plot against kimg (with matplotlib, bench/requirements.txt)
+#                                    -> bench/results/faithful_{table2,long}_curves/ (committed)
 #   bench/faithful_rerun.sh synthetic  the five methods with the paper's DC3 and with
 #                                    --ambiguity_rank uncertainty on the synthetic data (make
 #                                    demo's budget, ~2-4 min per run), then p_a's AUROC against
@@ -136,7 +137,7 @@ PY
     for series in table2 long; do
       if [ -d "bench/results/faithful_$series" ]; then
         "$PYTHON" -m bench.ambiguity_curves "bench/results/faithful_$series" \
-          --out "bench/out/faithful_$series"
+          --out "bench/results/faithful_${series}_curves"
       fi
     done
     ;;
