@@ -8,7 +8,8 @@ the AUROC of ``p_a`` against the truth and the same AUROC for the classifier's `
 The truth is "the annotators disagree" (soft label without a class at 1), or with ``--truth`` the
 synthetic data's ``truth.csv``: "is a blend of two classes" (``alpha > 0``). Writes
 ``curves.csv``, ``curves.md`` (the last report of each run) and, when matplotlib is installed,
-``curves.png`` (F1 and p_a's AUROC against kimg, one line per run).
+``curves.png`` (F1, d - F1 and p_a's AUROC against kimg, one line per method and variant: the
+mean of its seeds).
 
     python -m bench.ambiguity_curves experiments/cifar10n_long --out bench/out/long
     python -m bench.ambiguity_curves experiments/synthetic_faithful --out bench/out/synthetic \
