@@ -7,7 +7,9 @@ variant, seed, kimg, F1 on the certain images, d, d - F1, the share called ambig
 the AUROC of ``p_a`` against the truth and the same AUROC for the classifier's ``1 - max p_n``.
 The truth is "the annotators disagree" (soft label without a class at 1), or with ``--truth`` the
 synthetic data's ``truth.csv``: "is a blend of two classes" (``alpha > 0``). Writes
-``curves.csv``, ``curves.md`` (the last report of each run) and, when matplotlib is installed,
+``curves.csv``, ``curves.md`` (the last report of each run), ``curves_by_kimg.md`` (F1 / d - F1 /
+p_a's AUROC at every kimg, one column per method and variant, the mean of its seeds) and, when
+matplotlib is installed,
 ``curves.png`` (F1, d - F1 and p_a's AUROC against kimg, one line per method and variant: the
 mean of its seeds).
 
@@ -38,7 +40,7 @@ def read_truth(path):
         return truth['alpha'] > 0
     except (OSError, ValueError, KeyError) as e:
         raise DC3Error(f'cannot read the truth file {path} ({e}): pass the truth.csv that '
-                       f'scripts/make_synthetic.py wrote next to the raw synthetic images') from None
+                       'scripts/make_synthetic.py wrote next to the raw synthetic images') from None
 
 
 def is_ambiguous(pred, truth=None):
@@ -95,6 +97,27 @@ def _pct(value):
     return None if value is None else 100 * float(value)
 
 
+CURVES = ('F1', 'd-F1', 'AUROC p_a')  # what the plot and curves_by_kimg.md show
+
+
+def seed_means(frame):
+    """``{(method, variant): (number of seeds, frame of CURVES' means by kimg)}``."""
+    return {key: (runs['seed'].nunique(), runs.groupby('kimg')[list(CURVES)].mean())
+            for key, runs in frame.groupby(['method', 'variant'])}
+
+
+def by_kimg(frame):
+    """One row per kimg, one column per method and variant: "F1 / d-F1 / AUROC p_a" (seed means)."""
+    columns = {}
+    for (method, variant), (_, mean) in seed_means(frame).items():
+        columns[f'{method} {variant}'] = mean.apply(
+            lambda r: ' / '.join('–' if pd.isna(v) else f'{v:.3f}' if c.startswith('AUROC')
+                                 else f'{v:.1f}' for c, v in r.items()), axis=1)
+    table = pd.DataFrame(columns).fillna('')
+    table.insert(0, 'kimg', [f'{k:g}' for k in table.index])
+    return table
+
+
 def plot(frame, path):
     """F1, d - F1 and p_a's AUROC against kimg: one line per method and variant (mean of seeds)."""
     try:
@@ -104,15 +127,12 @@ def plot(frame, path):
     except ImportError:
         print('matplotlib is not installed: no plot (pip install matplotlib)', file=sys.stderr)
         return
-    panels = (('F1', 'F1 on certain images (%)'), ('d-F1', 'd - F1 (%)'),
-              ('AUROC p_a', 'AUROC of p_a'))
+    panels = tuple(zip(CURVES, ('F1 on certain images (%)', 'd - F1 (%)', 'AUROC of p_a')))
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
     palette = plt.rcParams['axes.prop_cycle'].by_key()['color']
     colors = dict(zip(sorted(frame['method'].unique()), palette))
     styles = dict(zip(sorted(frame['variant'].unique()), ('-', '--', ':', '-.')))
-    for (method, variant), runs in frame.groupby(['method', 'variant']):
-        seeds = runs['seed'].nunique()
-        mean = runs.groupby('kimg')[[column for column, _ in panels]].mean()
+    for (method, variant), (seeds, mean) in seed_means(frame).items():
         label = f'{method} {variant}' + (f' (mean of {seeds} seeds)' if seeds > 1 else '')
         for ax, (column, _) in zip(axes, panels):
             if mean[column].notna().any():
@@ -135,7 +155,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('paths', nargs='+', help='run folders or folders that contain them')
     p.add_argument('--split', default='val')
-    p.add_argument('--out', required=True, help='folder for curves.csv / .md / .png')
+    p.add_argument('--out', required=True, help='folder for curves.csv / .md / _by_kimg.md / .png')
     p.add_argument('--truth', help='truth.csv of the synthetic data: rank against "is a blend" '
                    'instead of "the annotators disagree"')
     args = p.parse_args(argv)
@@ -150,6 +170,8 @@ def main(argv=None):
     last = frame.groupby('run').tail(1)
     io_utils.write_text(os.path.join(args.out, 'curves.md'),
                         report.markdown(last.round(3).astype(str)))
+    io_utils.write_text(os.path.join(args.out, 'curves_by_kimg.md'),
+                        report.markdown(by_kimg(frame)))
     plot(frame, os.path.join(args.out, 'curves.png'))
     print(report.markdown(last.round(3).astype(str)))
     return 0

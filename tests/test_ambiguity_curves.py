@@ -10,13 +10,13 @@ from bench import ambiguity_curves
 from libml.errors import DC3Error
 
 
-def fake_run(root, reports, name='MeanTeacher_x', train_kimg=2.0):
+def fake_run(root, reports, name='MeanTeacher_x', train_kimg=2.0, seed=1):
     run = root / 'cifar10n.1@-1-10' / name
     run.mkdir(parents=True)
     (run / 'args.json').write_text(json.dumps(
-        {'method': 'MeanTeacher', 'dataset_seed': 1, 'combined_output': 4, 'wou': 10, 'wol': 10,
+        {'method': 'MeanTeacher', 'dataset_seed': seed, 'combined_output': 4, 'wou': 10, 'wol': 10,
          'prior_fuzzy_distribution': 0.6, 'losses_version': 2, 'train_kimg': train_kimg}))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     with open(run / 'metrics.jsonl', 'w') as f:
         for images, f1 in reports:
             soft = np.eye(3)[rng.integers(3, size=40)]
@@ -71,3 +71,20 @@ def test_truth_file_replaces_disagreement_and_names_unknown_images(tmp_path):
             str(run), 'val', ambiguity_curves.read_truth(str(tmp_path / 'partial.csv')))
     with pytest.raises(DC3Error, match='cannot read the truth file'):
         ambiguity_curves.read_truth(str(tmp_path / 'missing.csv'))
+
+
+def test_by_kimg_averages_the_seeds_of_a_variant(tmp_path):
+    runs = [fake_run(tmp_path / 'runs', [(1024, f1)], name=f'MeanTeacher_s{seed}', seed=seed)
+            for seed, f1 in ((1, 0.4), (2, 0.7))]
+    rows = [row for run in runs for row in ambiguity_curves.report_rows(str(run), 'val')]
+    aurocs = []
+    for run in runs:
+        pred = pd.read_csv(run / 'reports' / 'img0000001024' / 'val.csv')
+        disagree = pred[['soft_0', 'soft_1', 'soft_2']].max(axis=1) < 1
+        aurocs.append(roc_auc_score(disagree, pred['ambiguity']))
+    table = ambiguity_curves.by_kimg(pd.DataFrame(rows))
+    f1, d_minus_f1, auroc = table.loc[1.0, 'MeanTeacher +DC3 (p_A=0.6)'].split(' / ')
+    assert float(f1) == pytest.approx(55.0)  # (40 + 70) / 2
+    assert float(d_minus_f1) == pytest.approx(50 - 55.0)
+    assert float(auroc) == pytest.approx(np.mean(aurocs), abs=5e-4)
+    assert table.loc[1.0, 'kimg'] == '1'
