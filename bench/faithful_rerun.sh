@@ -99,6 +99,8 @@ case "${1:-}" in
     ablation "$out" 1 mean_teacher dc3_uncertainty "$extra"
     ablation "$out" 1 fixmatch dc3_uncertainty "$extra --uratio 1"
     "$PYTHON" scripts/report.py "$out" --split val --out "$out/tables"
+    "$PYTHON" -m bench.ambiguity_curves bench/results/faithful_long \
+      --out bench/results/faithful_long_curves
     ;;
   relabel)
     mean_teacher_series
