@@ -145,8 +145,8 @@ def plot(frame, path):
     axes[-1].axhline(0.5, color='grey', linewidth=0.8)  # chance
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path + '.tmp.png'  # atomic like the tables: a kill leaves the old plot or the new one
-    fig.savefig(tmp, dpi=100)
+    tmp = path + '.tmp'  # atomic like the tables: a kill leaves the old plot or the new one
+    fig.savefig(tmp, dpi=100, format='png')
     plt.close(fig)
     os.replace(tmp, path)
 
