@@ -7,11 +7,10 @@ variant, seed, kimg, F1 on the certain images, d, d - F1, the share called ambig
 the AUROC of ``p_a`` against the truth and the same AUROC for the classifier's ``1 - max p_n``.
 The truth is "the annotators disagree" (soft label without a class at 1), or with ``--truth`` the
 synthetic data's ``truth.csv``: "is a blend of two classes" (``alpha > 0``). Writes
-``curves.csv``, ``curves.md`` (the last report of each run), ``curves_by_kimg.md`` (F1 / d - F1 /
-p_a's AUROC at every kimg, one column per method and variant, the mean of its seeds) and, when
-matplotlib is installed,
-``curves.png`` (F1, d - F1 and p_a's AUROC against kimg, one line per method and variant: the
-mean of its seeds).
+``curves.csv``, ``curves.md`` (the last report of each run), ``curves_by_kimg.md`` (F1, d - F1,
+accuracy and both AUROCs at every kimg, one column per method and variant, the mean of its seeds)
+and, when matplotlib is installed, ``curves.png`` (F1, d - F1 and p_a's AUROC against kimg, one
+line per method and variant: the mean of its seeds).
 
     python -m bench.ambiguity_curves experiments/cifar10n_long --out bench/out/long
     python -m bench.ambiguity_curves experiments/synthetic_faithful --out bench/out/synthetic \
@@ -97,17 +96,19 @@ def _pct(value):
     return None if value is None else 100 * float(value)
 
 
-CURVES = ('F1', 'd-F1', 'AUROC p_a')  # what the plot and curves_by_kimg.md show
+BY_KIMG = ('F1', 'd-F1', 'accuracy', 'AUROC p_a', 'AUROC 1-max p_n')  # curves_by_kimg.md's cells
+PLOTTED = ('F1', 'd-F1', 'AUROC p_a')  # curves.png's panels
 
 
 def seed_means(frame):
-    """``{(method, variant): (number of seeds, frame of CURVES' means by kimg)}``."""
-    return {key: (runs['seed'].nunique(), runs.groupby('kimg')[list(CURVES)].mean())
+    """``{(method, variant): (number of seeds, frame of BY_KIMG's means by kimg)}``."""
+    return {key: (runs['seed'].nunique(), runs.groupby('kimg')[list(BY_KIMG)].mean())
             for key, runs in frame.groupby(['method', 'variant'])}
 
 
 def by_kimg(frame):
-    """One row per kimg, one column per method and variant: "F1 / d-F1 / AUROC p_a" (seed means)."""
+    """One row per kimg, one column per method and variant, cells "F1 / d-F1 / accuracy /
+    AUROC p_a / AUROC 1-max p_n" (the means of the variant's seeds; '–' where it has no p_a)."""
     columns = {}
     for (method, variant), (_, mean) in seed_means(frame).items():
         columns[f'{method} {variant}'] = mean.apply(
@@ -127,7 +128,7 @@ def plot(frame, path):
     except ImportError:
         print('matplotlib is not installed: no plot (pip install matplotlib)', file=sys.stderr)
         return
-    panels = tuple(zip(CURVES, ('F1 on certain images (%)', 'd - F1 (%)', 'AUROC of p_a')))
+    panels = tuple(zip(PLOTTED, ('F1 on certain images (%)', 'd - F1 (%)', 'AUROC of p_a')))
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
     palette = plt.rcParams['axes.prop_cycle'].by_key()['color']
     colors = dict(zip(sorted(frame['method'].unique()), palette))

@@ -72,6 +72,11 @@ mean_teacher_series() {  # the three Mean Teacher runs of every seed: Table 2's 
   done
 }
 
+curves() {  # curves SERIES: its kept runs' curves -> bench/results/faithful_SERIES_curves
+  "$PYTHON" -m bench.ambiguity_curves "bench/results/faithful_$1" \
+    --out "bench/results/faithful_$1_curves"
+}
+
 case "${1:-}" in
   table2)
     KEEP=1
@@ -99,8 +104,7 @@ case "${1:-}" in
     ablation "$out" 1 mean_teacher dc3_uncertainty "$extra"
     ablation "$out" 1 fixmatch dc3_uncertainty "$extra --uratio 1"
     "$PYTHON" scripts/report.py "$out" --split val --out "$out/tables"
-    "$PYTHON" -m bench.ambiguity_curves bench/results/faithful_long \
-      --out bench/results/faithful_long_curves
+    curves long
     ;;
   relabel)
     mean_teacher_series
@@ -137,10 +141,7 @@ PY
     ;;
   curves)
     for series in table2 long; do
-      if [ -d "bench/results/faithful_$series" ]; then
-        "$PYTHON" -m bench.ambiguity_curves "bench/results/faithful_$series" \
-          --out "bench/results/faithful_${series}_curves"
-      fi
+      if [ -d "bench/results/faithful_$series" ]; then curves "$series"; fi
     done
     ;;
   *)

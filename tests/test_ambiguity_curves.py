@@ -77,14 +77,19 @@ def test_by_kimg_averages_the_seeds_of_a_variant(tmp_path):
     runs = [fake_run(tmp_path / 'runs', [(1024, f1)], name=f'MeanTeacher_s{seed}', seed=seed)
             for seed, f1 in ((1, 0.4), (2, 0.7))]
     rows = [row for run in runs for row in ambiguity_curves.report_rows(str(run), 'val')]
-    aurocs = []
+    aurocs, aurocs_top = [], []
     for run in runs:
         pred = pd.read_csv(run / 'reports' / 'img0000001024' / 'val.csv')
         disagree = pred[['soft_0', 'soft_1', 'soft_2']].max(axis=1) < 1
         aurocs.append(roc_auc_score(disagree, pred['ambiguity']))
+        top = pred[['prob_0', 'prob_1', 'prob_2']].max(axis=1)
+        aurocs_top.append(roc_auc_score(disagree, 1 - top))
     table = ambiguity_curves.by_kimg(pd.DataFrame(rows))
-    f1, d_minus_f1, auroc = table.loc[1.0, 'MeanTeacher +DC3 (p_A=0.6)'].split(' / ')
+    f1, d_minus_f1, accuracy, auroc, auroc_top = (
+        table.loc[1.0, 'MeanTeacher +DC3 (p_A=0.6)'].split(' / '))
     assert float(f1) == pytest.approx(55.0)  # (40 + 70) / 2
     assert float(d_minus_f1) == pytest.approx(50 - 55.0)
+    assert float(accuracy) == pytest.approx(60.0)
     assert float(auroc) == pytest.approx(np.mean(aurocs), abs=5e-4)
+    assert float(auroc_top) == pytest.approx(np.mean(aurocs_top), abs=5e-4)
     assert table.loc[1.0, 'kimg'] == '1'
