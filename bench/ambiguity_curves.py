@@ -55,6 +55,22 @@ def is_ambiguous(pred, truth=None):
     return truth.loc[pred['path']].to_numpy()
 
 
+def per_predicted_class(pred, ambiguous):
+    """Per predicted class (argmax p_n): images, mean p_a, the truly ambiguous share, accuracy.
+
+    Puts the head's per-class mean p_a next to how ambiguous and how hard each class really is,
+    so one can see whether p_a marks the ambiguous classes or others (e.g. the easy ones).
+    """
+    probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
+    predicted = probs.argmax(axis=1)
+    frame = pd.DataFrame({'class': predicted, 'p_a': pred['ambiguity'].to_numpy(dtype=float),
+                          'ambiguous': ambiguous.astype(float),
+                          'correct': (predicted == pred['label'].to_numpy()).astype(float)})
+    return frame.groupby('class').agg(images=('p_a', 'size'), mean_p_a=('p_a', 'mean'),
+                                      ambiguous=('ambiguous', 'mean'),
+                                      accuracy=('correct', 'mean'))
+
+
 def report_rows(run_dir, split, truth=None):
     """One row per report of ``run_dir``: from its CSVs, or a kept run's stored rows.
 

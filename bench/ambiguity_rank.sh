@@ -18,6 +18,6 @@ for variant in "--ambiguity_rank p_a" "--ambiguity_rank p_a --prob_gradient 1" \
   run_dir=$("$PYTHON" mean_teacher.py --dataset synthetic.1@-1-10 --train_dir "$OUT" $FLAGS \
             $variant 2>/dev/null | tail -1)
   echo "== $variant  ($run_dir)"
-  "$PYTHON" bench/ambiguity_check.py --run_dir "$run_dir" --truth "$ML_DATA/raw/Synthetic/truth.csv"
+  "$PYTHON" -m bench.ambiguity_check --run_dir "$run_dir" --truth "$ML_DATA/raw/Synthetic/truth.csv"
 done
 "$PYTHON" scripts/report.py "$OUT" --split val --out "$OUT/tables"

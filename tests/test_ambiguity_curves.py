@@ -93,3 +93,23 @@ def test_by_kimg_averages_the_seeds_of_a_variant(tmp_path):
     assert float(auroc) == pytest.approx(np.mean(aurocs), abs=5e-4)
     assert float(auroc_top) == pytest.approx(np.mean(aurocs_top), abs=5e-4)
     assert table.loc[1.0, 'kimg'] == '1'
+
+
+def test_per_predicted_class_matches_a_loop():
+    rng = np.random.default_rng(3)
+    n, k = 60, 4
+    probs = rng.dirichlet(np.ones(k), size=n)
+    labels = rng.integers(k, size=n)
+    p_a = rng.uniform(size=n)
+    ambiguous = rng.uniform(size=n) < 0.4
+    pred = pd.DataFrame({f'prob_{c}': probs[:, c] for c in range(k)})
+    pred['label'], pred['ambiguity'] = labels, p_a
+    table = ambiguity_curves.per_predicted_class(pred, ambiguous)
+    predicted = probs.argmax(axis=1)
+    assert sorted(table.index) == sorted(set(predicted))
+    for c in set(predicted):
+        members = predicted == c
+        assert table.loc[c, 'images'] == members.sum()
+        assert table.loc[c, 'mean_p_a'] == pytest.approx(p_a[members].mean())
+        assert table.loc[c, 'ambiguous'] == pytest.approx(ambiguous[members].mean())
+        assert table.loc[c, 'accuracy'] == pytest.approx((labels[members] == c).mean())
