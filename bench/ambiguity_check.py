@@ -2,7 +2,7 @@
 
 Prints the AUROC of p_a against the truth, the same AUROC for the classifier's own uncertainty
 1 - max p_n as a reference, and per predicted class the mean p_a next to the class's truly
-ambiguous share and accuracy (a head that splits by class instead of by ambiguity shows mean p_a
+ambiguous share and precision (a head that splits by class instead of by ambiguity shows mean p_a
 near 0 and 1 here, unrelated to the ambiguous share). The truth is "is a blend of two classes"
 from the synthetic data's truth.csv when --truth is given, else "the annotators disagree" (the
 image's soft label has no class at 1), which works for any multi-annotator dataset.
@@ -37,10 +37,10 @@ def main(_):
     if pred['ambiguity'].notna().any():
         print(f'AUROC p_a vs truth:          {metrics.auroc(pred["ambiguity"], blended):.3f}')
         per_class = ambiguity_curves.per_predicted_class(pred, blended)
-        print(f'per predicted class (images, mean p_a, share {kind.split()[0]}, accuracy):')
+        print(f'per predicted class (images, mean p_a, share {kind.split()[0]}, precision):')
         for c, row in per_class.iterrows():
             print(f'  {c}: {row["images"]:5.0f}  {row["mean_p_a"]:.2f}  {row["ambiguous"]:.2f}  '
-                  f'{row["accuracy"]:.2f}')
+                  f'{row["precision"]:.2f}')
         print(f'Spearman rho of mean p_a vs ambiguous share over the classes: '
               f'{per_class["mean_p_a"].rank().corr(per_class["ambiguous"].rank()):+.2f}')
     print(f'AUROC 1 - max p_n vs truth:  {metrics.auroc(1 - probs.max(axis=1), blended):.3f}')

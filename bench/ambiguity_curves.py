@@ -56,10 +56,11 @@ def is_ambiguous(pred, truth=None):
 
 
 def per_predicted_class(pred, ambiguous):
-    """Per predicted class (argmax p_n): images, mean p_a, the truly ambiguous share, accuracy.
+    """Per predicted class (argmax p_n): images, mean p_a, the truly ambiguous share, precision.
 
     Puts the head's per-class mean p_a next to how ambiguous and how hard each class really is,
-    so one can see whether p_a marks the ambiguous classes or others (e.g. the easy ones).
+    so one can see whether p_a marks the ambiguous classes or others (e.g. the easy ones);
+    precision is the share of the images predicted as the class whose label is that class.
     """
     probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
     predicted = probs.argmax(axis=1)
@@ -68,7 +69,7 @@ def per_predicted_class(pred, ambiguous):
                           'correct': (predicted == pred['label'].to_numpy()).astype(float)})
     return frame.groupby('class').agg(images=('p_a', 'size'), mean_p_a=('p_a', 'mean'),
                                       ambiguous=('ambiguous', 'mean'),
-                                      accuracy=('correct', 'mean'))
+                                      precision=('correct', 'mean'))
 
 
 def report_rows(run_dir, split, truth=None):

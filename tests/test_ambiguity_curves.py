@@ -112,4 +112,4 @@ def test_per_predicted_class_matches_a_loop():
         assert table.loc[c, 'images'] == members.sum()
         assert table.loc[c, 'mean_p_a'] == pytest.approx(p_a[members].mean())
         assert table.loc[c, 'ambiguous'] == pytest.approx(ambiguous[members].mean())
-        assert table.loc[c, 'accuracy'] == pytest.approx((labels[members] == c).mean())
+        assert table.loc[c, 'precision'] == pytest.approx((labels[members] == c).mean())
