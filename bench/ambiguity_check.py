@@ -13,11 +13,10 @@ image's soft label has no class at 1), which works for any multi-annotator datas
 """
 import os
 
-import pandas as pd
 from absl import app, flags
 
 from bench import ambiguity_curves
-from libml import io_utils, metrics, run_files
+from libml import io_utils, metrics, prediction_csv, run_files
 
 flags.DEFINE_string('run_dir', None, 'Run folder (with reports/).', required=True)
 flags.DEFINE_string('truth', None, 'truth.csv of the synthetic data (default: the annotators '
@@ -28,13 +27,12 @@ FLAGS = flags.FLAGS
 
 def main(_):
     report = run_files.find_report(FLAGS.run_dir)
-    pred = pd.read_csv(os.path.join(report, f'{FLAGS.split}.csv'))
+    pred = prediction_csv.read_predictions(os.path.join(report, f'{FLAGS.split}.csv'))
     truth = ambiguity_curves.read_truth(FLAGS.truth) if FLAGS.truth else None
     blended = ambiguity_curves.is_ambiguous(pred, truth)
     kind = 'blends' if FLAGS.truth else 'ambiguous (annotators disagree)'
-    probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
-    print(f'report {report}: {len(pred)} images, {blended.mean():.1%} {kind}')
-    if pred['ambiguity'].notna().any():
+    print(f'report {report}: {len(blended)} images, {blended.mean():.1%} {kind}')
+    if pred['ambiguity'] is not None:
         print(f'AUROC p_a vs truth:          {metrics.auroc(pred["ambiguity"], blended):.3f}')
         per_class = ambiguity_curves.per_predicted_class(pred, blended)
         print(f'per predicted class (images, mean p_a, share {kind.split()[0]}, precision):')
@@ -43,7 +41,8 @@ def main(_):
                   f'{row["precision"]:.2f}')
         print(f'Spearman rho of mean p_a vs ambiguous share over the classes: '
               f'{per_class["mean_p_a"].rank().corr(per_class["ambiguous"].rank()):+.2f}')
-    print(f'AUROC 1 - max p_n vs truth:  {metrics.auroc(1 - probs.max(axis=1), blended):.3f}')
+    top = pred['class_probs'].max(axis=1)
+    print(f'AUROC 1 - max p_n vs truth:  {metrics.auroc(1 - top, blended):.3f}')
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 
 import pandas as pd
 
-from libml import io_utils, metrics, run_files
+from libml import io_utils, metrics, prediction_csv, run_files
 from libml.errors import DC3Error
 from scripts import report
 
@@ -43,30 +43,31 @@ def read_truth(path):
 
 
 def is_ambiguous(pred, truth=None):
-    """Which images of a prediction CSV are ambiguous: blends (``truth``) or disagreement."""
+    """Which images of a prediction CSV (``prediction_csv.read_predictions``) are ambiguous:
+    blends (``truth``) or disagreement (the soft label has no class at 1)."""
     if truth is None:
-        soft = pred[[c for c in pred if c.startswith('soft_')]].to_numpy()
-        return soft.max(axis=1) < 1
-    missing = ~pred['path'].isin(truth.index)
+        return pred['soft_labels'].max(axis=1) < 1
+    paths = pred['frame']['path']
+    missing = ~paths.isin(truth.index)
     if missing.any():
         raise DC3Error(f'{missing.sum()} predicted images are not in the truth file, e.g. '
-                       f'{pred["path"][missing].iloc[0]}: was the run trained on this synthetic '
+                       f'{paths[missing].iloc[0]}: was the run trained on this synthetic '
                        f'dataset?')
-    return truth.loc[pred['path']].to_numpy()
+    return truth.loc[paths].to_numpy()
 
 
 def per_predicted_class(pred, ambiguous):
     """Per predicted class (argmax p_n): images, mean p_a, the truly ambiguous share, precision.
 
+    ``pred`` is ``prediction_csv.read_predictions``' result for a run with an ambiguity head.
     Puts the head's per-class mean p_a next to how ambiguous and how hard each class really is,
     so one can see whether p_a marks the ambiguous classes or others (e.g. the easy ones);
     precision is the share of the images predicted as the class whose label is that class.
     """
-    probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
-    predicted = probs.argmax(axis=1)
-    frame = pd.DataFrame({'class': predicted, 'p_a': pred['ambiguity'].to_numpy(dtype=float),
+    predicted = pred['class_probs'].argmax(axis=1)
+    frame = pd.DataFrame({'class': predicted, 'p_a': pred['ambiguity'],
                           'ambiguous': ambiguous.astype(float),
-                          'correct': (predicted == pred['label'].to_numpy()).astype(float)})
+                          'correct': (predicted == pred['labels']).astype(float)})
     return frame.groupby('class').agg(images=('p_a', 'size'), mean_p_a=('p_a', 'mean'),
                                       ambiguous=('ambiguous', 'mean'),
                                       precision=('correct', 'mean'))
@@ -91,11 +92,9 @@ def report_rows(run_dir, split, truth=None):
         csv = os.path.join(folder, f'{split}.csv')
         if images not in by_images or not os.path.exists(csv):
             continue
-        pred = pd.read_csv(csv)
-        probs = pred[[c for c in pred if c.startswith('prob_')]].to_numpy()
+        pred = prediction_csv.read_predictions(csv)
         disagree = is_ambiguous(pred, truth)
         scores = by_images[images]
-        has_head = pred['ambiguity'].notna().any()
         rows.append({
             'run': os.path.basename(run_dir), 'method': args.get('method'),
             'variant': report.variant_of(args), 'seed': args.get('dataset_seed'),
@@ -104,8 +103,9 @@ def report_rows(run_dir, split, truth=None):
             'd-F1': _pct(scores.get('d_minus_f1')),
             'ambiguous %': _pct(scores.get('ambiguous_share')),
             'accuracy': _pct(scores.get('accuracy')),
-            'AUROC p_a': metrics.auroc(pred['ambiguity'], disagree) if has_head else None,
-            'AUROC 1-max p_n': metrics.auroc(1 - probs.max(axis=1), disagree)})
+            'AUROC p_a': (None if pred['ambiguity'] is None
+                          else metrics.auroc(pred['ambiguity'], disagree)),
+            'AUROC 1-max p_n': metrics.auroc(1 - pred['class_probs'].max(axis=1), disagree)})
     return rows
 
 

@@ -22,7 +22,9 @@ def fake_run(root, reports, name='MeanTeacher_x', train_kimg=2.0, seed=1):
             soft = np.eye(3)[rng.integers(3, size=40)]
             soft[::3] = [0.5, 0.5, 0.0]
             probs = rng.dirichlet(np.ones(3), size=40)
-            frame = {f'soft_{c}': soft[:, c] for c in range(3)}
+            frame = {'path': [f'img_{i}.png' for i in range(40)], 'label': soft.argmax(axis=1),
+                     'cluster': probs.argmax(axis=1)}
+            frame.update({f'soft_{c}': soft[:, c] for c in range(3)})
             frame.update({f'prob_{c}': probs[:, c] for c in range(3)})
             frame['ambiguity'] = rng.uniform(size=40) + 0.3 * (soft.max(axis=1) < 1)
             folder = run / 'reports' / f'img{images:010d}'
@@ -102,8 +104,7 @@ def test_per_predicted_class_matches_a_loop():
     labels = rng.integers(k, size=n)
     p_a = rng.uniform(size=n)
     ambiguous = rng.uniform(size=n) < 0.4
-    pred = pd.DataFrame({f'prob_{c}': probs[:, c] for c in range(k)})
-    pred['label'], pred['ambiguity'] = labels, p_a
+    pred = {'class_probs': probs, 'labels': labels, 'ambiguity': p_a}  # as read_predictions
     table = ambiguity_curves.per_predicted_class(pred, ambiguous)
     predicted = probs.argmax(axis=1)
     assert sorted(table.index) == sorted(set(predicted))
